@@ -1,0 +1,40 @@
+"""create_app(): the FastAPI application with every router, the templates and static files."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from grassroots import __version__
+from grassroots.runtime import Runtime
+from grassroots.settings import Settings, get_settings
+from grassroots.web.errors import install_error_handlers
+from grassroots.web.templating import build_templates
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    runtime = runtime or Runtime(settings or get_settings())
+    app = FastAPI(
+        title="Grassroots API",
+        version=__version__,
+        description="基层治理与智慧灌区平台 — grassroots governance and smart irrigation.",
+        openapi_url="/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+    app.state.runtime = runtime
+    app.state.templates = build_templates()
+    static_dir = Path(str(resources.files("grassroots.web"))) / "static"
+    app.mount("/static", StaticFiles(directory=static_dir), name="static")
+    install_error_handlers(app)
+    _include_routers(app)
+    return app
+
+
+def _include_routers(app: FastAPI) -> None:
+    from grassroots.web import health
+
+    app.include_router(health.router)

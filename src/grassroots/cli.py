@@ -1,0 +1,199 @@
+"""The `grassroots` command: demo, serve, db, seed, user, audit, regions."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from grassroots.settings import Settings, SettingsError, load_settings
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _runtime(settings: Settings):  # type: ignore[no-untyped-def]
+    from grassroots.runtime import Runtime
+
+    return Runtime(settings)
+
+
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from grassroots.migrate import upgrade
+
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url, args.revision)
+    print(f"database at {args.revision}")
+    return 0
+
+
+def cmd_seed_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from grassroots.demo import seed_demo
+
+    summary = seed_demo(_runtime(settings), progress=not args.quiet)
+    print(json.dumps(summary, ensure_ascii=False))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from grassroots.app import create_app
+
+    host = args.host or settings.host
+    port = args.port or settings.port
+    print(f"Grassroots at http://{host}:{port}/  (Ctrl-C stops it)")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
+                workers=1, proxy_headers=False)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Migrate, seed (once), then serve: the one command a new user runs."""
+    from grassroots.demo import seed_demo
+    from grassroots.migrate import upgrade
+
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    summary = seed_demo(_runtime(settings), progress=True)
+    print(json.dumps(summary, ensure_ascii=False))
+    if args.no_serve:
+        return 0
+    return cmd_serve(args, settings)
+
+
+def _read_password(prompt: str) -> str:
+    if sys.stdin.isatty():
+        password = getpass.getpass(prompt)
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        raise SystemExit("no password given on standard input")
+    return password
+
+
+def cmd_user_create(args: argparse.Namespace, settings: Settings) -> int:
+    from grassroots.kernel.auth.actions import create_user
+    from grassroots.kernel.auth.roles import Role
+
+    try:
+        role = Role(args.role)
+    except ValueError:
+        print(f"unknown role {args.role!r}; one of: {', '.join(r.value for r in Role)}",
+              file=sys.stderr)
+        return 2
+    password = _read_password("password: ")
+    runtime = _runtime(settings)
+    with runtime.session_factory() as session:
+        user = create_user(session=session, actor="cli", username=args.username,
+                           display_name=args.name or args.username, role=role,
+                           scope_code=args.scope, password=password, runtime=runtime)
+    print(f"created user {user.username} ({user.role.value}) id={user.id}")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from grassroots.kernel.audit.chain import verify_chain
+
+    runtime = _runtime(settings)
+    with runtime.session_factory() as session:
+        report = verify_chain(session=session, runtime=runtime)
+    print(report.describe())
+    return 0 if report.ok else 1
+
+
+def cmd_regions_import(args: argparse.Namespace, settings: Settings) -> int:
+    from grassroots.kernel.regions.geojson import import_geojson
+
+    runtime = _runtime(settings)
+    data = json.loads(Path(args.file).read_text(encoding="utf-8"))
+    with runtime.session_factory() as session:
+        result = import_geojson(session=session, actor="cli", data=data, runtime=runtime,
+                                replace=args.replace)
+    print(result.describe())
+    return 0 if result.ok else 1
+
+
+def cmd_regions_export(args: argparse.Namespace, settings: Settings) -> int:
+    from grassroots.kernel.regions.geojson import export_geojson
+
+    runtime = _runtime(settings)
+    with runtime.session_factory() as session:
+        data = export_geojson(session=session, level=args.level)
+    text = json.dumps(data, ensure_ascii=False)
+    if args.output == "-":
+        sys.stdout.write(text + "\n")
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {len(data['features'])} regions to {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grassroots", description="基层治理与智慧灌区平台")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, handler: Handler, help_text: str,
+            parent: argparse._SubParsersAction = sub) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+        p = parent.add_parser(name, help=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    def serve_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", default=None)
+        p.add_argument("--port", type=int, default=None)
+
+    demo = add("demo", cmd_demo, "migrate, seed the demo street and district, serve the web app")
+    serve_options(demo)
+    demo.add_argument("--no-serve", action="store_true", help="set up only; do not serve")
+    serve_options(add("serve", cmd_serve, "serve the web app"))
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command",
+                                                                       required=True)
+    add("upgrade", cmd_db_upgrade, "apply migrations", db).add_argument(
+        "revision", nargs="?", default="head")
+
+    seed = sub.add_parser("seed", help="load data").add_subparsers(dest="seed_command",
+                                                                     required=True)
+    add("demo", cmd_seed_demo, "load the demo data (idempotent)", seed).add_argument(
+        "--quiet", action="store_true")
+
+    user = sub.add_parser("user", help="accounts").add_subparsers(dest="user_command",
+                                                                    required=True)
+    create = add("create", cmd_user_create, "create a user; password read from stdin", user)
+    create.add_argument("username")
+    create.add_argument("--name", help="display name")
+    create.add_argument("--role", required=True)
+    create.add_argument("--scope", default=None, help="region code of the data scope")
+
+    audit = sub.add_parser("audit", help="audit trail").add_subparsers(dest="audit_command",
+                                                                         required=True)
+    add("verify", cmd_audit_verify, "check the audit chain; non-zero exit on tampering", audit)
+
+    regions = sub.add_parser("regions", help="region tree").add_subparsers(
+        dest="regions_command", required=True)
+    imp = add("import", cmd_regions_import, "import regions from GeoJSON", regions)
+    imp.add_argument("file")
+    imp.add_argument("--replace", action="store_true",
+                     help="update regions whose code already exists")
+    exp = add("export", cmd_regions_export, "export regions as GeoJSON", regions)
+    exp.add_argument("output", nargs="?", default="-")
+    exp.add_argument("--level", default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    handler: Handler = args.handler
+    return handler(args, settings)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

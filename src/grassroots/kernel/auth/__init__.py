@@ -1,0 +1,1 @@
+"""Accounts, roles, data scopes, sessions, TOTP and API tokens."""

@@ -1,0 +1,1 @@
+"""The region tree: district → street → zone → grid → micro-grid → building."""

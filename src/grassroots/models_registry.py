@@ -1,0 +1,5 @@
+"""Imports every domain's models so Base.metadata is complete; add new models modules here."""
+
+from grassroots.kernel.audit import models as audit_models  # noqa: F401
+from grassroots.kernel.auth import models as auth_models  # noqa: F401
+from grassroots.kernel.regions import models as regions_models  # noqa: F401

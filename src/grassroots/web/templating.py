@@ -1,0 +1,56 @@
+"""Jinja2 environment with the helpers every page uses (translation, time display)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.templating import Jinja2Templates
+from jinja2 import ChoiceLoader, FileSystemLoader
+
+from grassroots.kernel.clock import format_display
+from grassroots.kernel.i18n import translate
+
+# Each domain keeps its pages in <package>/templates; the web package holds the base layout.
+TEMPLATE_PACKAGES = (
+    "grassroots.web",
+    "grassroots.kernel.auth",
+    "grassroots.kernel.regions",
+    "grassroots.command",
+    "grassroots.governance",
+    "grassroots.irrigation",
+)
+
+
+def _template_dirs() -> list[str]:
+    dirs = []
+    for package in TEMPLATE_PACKAGES:
+        path = Path(str(resources.files(package))) / "templates"
+        if path.is_dir():
+            dirs.append(str(path))
+    return dirs
+
+
+def build_templates() -> Jinja2Templates:
+    templates = Jinja2Templates(directory=_template_dirs()[0])
+    templates.env.loader = ChoiceLoader([FileSystemLoader(d) for d in _template_dirs()])
+    templates.env.globals["format_time"] = format_display
+    templates.env.autoescape = True
+    return templates
+
+
+def page_context(request: Request, **values: Any) -> dict[str, Any]:
+    """Context for every page: the language, a `_` translator, the user and the CSRF token."""
+    language = getattr(request.state, "language", None) or "zh_CN"
+    context: dict[str, Any] = {
+        "request": request,
+        "lang": language,
+        "_": lambda message_id, **params: translate(message_id, language, **params),
+        "user": getattr(request.state, "user", None),
+        "csrf_token": getattr(request.state, "csrf_token", ""),
+        "settings": request.app.state.runtime.settings,
+    }
+    context.update(values)
+    return context
