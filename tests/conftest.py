@@ -109,9 +109,7 @@ def settings(database_url: str, key_dir: Path, tmp_path: Path) -> Settings:
         environment=Environment.TEST,
         database_url=database_url,
         var_dir=tmp_path,
-        secret_key_file=key_dir / "secret.key",
         data_key_file=key_dir / "data-keys.json",
-        audit_key_file=key_dir / "audit.key",
         upload_dir=tmp_path / "uploads",
     )
 

@@ -9,8 +9,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from grassroots.db import make_engine, make_session_factory
+from grassroots.kernel.crypto import SoftwareProvider, load_key_ring
 from grassroots.kernel.clock import Clock, get_clock
-from grassroots.settings import Settings
+from grassroots.settings import Environment, Settings
 
 
 @dataclass
@@ -26,3 +27,8 @@ class Runtime:
     @cached_property
     def session_factory(self) -> sessionmaker[Session]:
         return make_session_factory(self.engine)
+
+    @cached_property
+    def crypto(self) -> SoftwareProvider:
+        create = self.settings.environment != Environment.PRODUCTION
+        return SoftwareProvider(load_key_ring(self.settings.data_key_file, create=create))

@@ -28,9 +28,7 @@ class Settings(BaseSettings):
     environment: Environment = Environment.DEMO
     database_url: str = "sqlite:///var/grassroots.db"
     var_dir: Path = Path("var")
-    secret_key_file: Path = Path("var/secret.key")
     data_key_file: Path = Path("var/data-keys.json")
-    audit_key_file: Path = Path("var/audit.key")
     default_language: str = "zh_CN"
     tile_url: str = ""
     host: str = "127.0.0.1"

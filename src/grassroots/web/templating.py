@@ -16,8 +16,6 @@ from grassroots.kernel.i18n import translate
 # Each domain keeps its pages in <package>/templates; the web package holds the base layout.
 TEMPLATE_PACKAGES = (
     "grassroots.web",
-    "grassroots.kernel.auth",
-    "grassroots.kernel.regions",
     "grassroots.command",
     "grassroots.governance",
     "grassroots.irrigation",

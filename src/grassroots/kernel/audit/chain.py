@@ -1,0 +1,141 @@
+"""Writing and verifying the HMAC-SM3 chain of audit rows.
+
+mac[n] = HMAC-SM3(key, mac[n-1] | seq | at | actor | action | object | outcome | ip | detail).
+Changing, deleting or reordering any row breaks the chain from that row on; the head row
+anchors the tail so that deleting the newest rows is caught too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from grassroots.kernel.audit.models import AuditHead, AuditRow
+
+if TYPE_CHECKING:
+    from grassroots.runtime import Runtime
+
+HEAD_ID = 1
+
+
+def _canonical(row: AuditRow, previous_mac: str) -> bytes:
+    fields = [
+        previous_mac,
+        str(row.seq),
+        row.at.isoformat(timespec="microseconds"),
+        row.actor,
+        row.action,
+        row.object_type,
+        row.object_id,
+        row.outcome,
+        row.source_ip or "",
+        row.detail,
+    ]
+    return "\x1f".join(fields).encode()
+
+
+def _lock_head(session: Session) -> tuple[int, str]:
+    """Bump the head's sequence first: that row lock (a write lock on SQLite) orders appenders."""
+    result = session.execute(
+        update(AuditHead).where(AuditHead.id == HEAD_ID)
+        .values(last_seq=AuditHead.last_seq + 1)
+        .returning(AuditHead.last_seq, AuditHead.last_mac)
+    ).first()
+    if result is None:
+        session.add(AuditHead(id=HEAD_ID, last_seq=1, last_mac=""))
+        session.flush()
+        return 1, ""
+    return int(result[0]), str(result[1])
+
+
+def record(
+    session: Session,
+    *,
+    runtime: Runtime,
+    actor: str,
+    action: str,
+    object_type: str,
+    object_id: str | int,
+    outcome: str = "success",
+    source_ip: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> AuditRow:
+    """Append one audit row inside the caller's transaction (the caller commits)."""
+    seq, previous_mac = _lock_head(session)
+    row = AuditRow(
+        seq=seq,
+        at=runtime.clock.now(),
+        actor=actor,
+        action=action,
+        object_type=object_type,
+        object_id=str(object_id),
+        outcome=outcome,
+        source_ip=source_ip,
+        detail=json.dumps(detail or {}, ensure_ascii=False, sort_keys=True, default=str),
+        key_id="",
+        mac="",
+    )
+    row.key_id, row.mac = runtime.crypto.mac(_canonical(row, previous_mac))
+    session.add(row)
+    session.execute(update(AuditHead).where(AuditHead.id == HEAD_ID).values(last_mac=row.mac))
+    return row
+
+
+@dataclass
+class VerifyReport:
+    rows_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def describe(self) -> str:
+        if self.ok:
+            return f"audit chain intact: {self.rows_checked} rows verified"
+        lines = [f"AUDIT CHAIN BROKEN: {len(self.problems)} problem(s) in "
+                 f"{self.rows_checked} rows"]
+        lines += [f"  - {p}" for p in self.problems[:50]]
+        if len(self.problems) > 50:
+            lines.append(f"  … and {len(self.problems) - 50} more")
+        return "\n".join(lines)
+
+
+def verify_chain(*, session: Session, runtime: Runtime, batch: int = 5000) -> VerifyReport:
+    """Walk every row in id order, recomputing each MAC from the previous one."""
+    report = VerifyReport()
+    previous_mac = ""
+    expected_seq = 1
+    last_id = 0
+    while True:
+        rows = session.scalars(
+            select(AuditRow).where(AuditRow.id > last_id).order_by(AuditRow.id).limit(batch)
+        ).all()
+        if not rows:
+            break
+        for row in rows:
+            report.rows_checked += 1
+            if row.seq != expected_seq:
+                report.problems.append(
+                    f"row id={row.id}: sequence {row.seq}, expected {expected_seq} "
+                    "(a row was deleted, inserted or reordered)")
+                expected_seq = row.seq
+            if not runtime.crypto.verify_mac(_canonical(row, previous_mac), row.mac, row.key_id):
+                report.problems.append(
+                    f"row id={row.id} seq={row.seq} ({row.action}): MAC mismatch "
+                    "(the row, or the one before it, was changed)")
+            previous_mac = row.mac
+            expected_seq += 1
+            last_id = row.id
+    head = session.get(AuditHead, HEAD_ID)
+    head_seq = head.last_seq if head else 0
+    head_mac = head.last_mac if head else ""
+    if head_seq != expected_seq - 1 or head_mac != previous_mac:
+        report.problems.append(
+            f"chain head says {head_seq} rows ending in MAC {head_mac[:12]}…, found "
+            f"{expected_seq - 1} rows ending in {previous_mac[:12]}… (newest rows deleted?)")
+    return report

@@ -1,0 +1,38 @@
+"""Data scope: a user sees the region subtree rooted at their scope region (None = everything)."""
+
+from __future__ import annotations
+
+from sqlalchemy import ColumnElement, true
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from grassroots.kernel.auth.models import User
+from grassroots.kernel.errors import NotFound
+from grassroots.kernel.regions.models import Region
+
+
+def scope_path(session: Session, user: User) -> str | None:
+    """The materialised path of the user's scope region, e.g. '/1/4/19/'; None means unlimited."""
+    if user.scope_region_id is None:
+        return None
+    region = session.get(Region, user.scope_region_id)
+    if region is None:  # a dangling scope must never widen access
+        return "/nonexistent/"
+    return region.path
+
+
+def path_in_scope(scope: str | None, region_path: str) -> bool:
+    return scope is None or region_path.startswith(scope)
+
+
+def scope_clause(scope: str | None, path_column: InstrumentedAttribute[str]) -> ColumnElement[bool]:
+    """A WHERE clause limiting rows whose region path column lies in the scope."""
+    if scope is None:
+        return true()
+    return path_column.startswith(scope, autoescape=True)
+
+
+def ensure_region_in_scope(session: Session, user: User, region: Region | None) -> Region:
+    """Return the region if the user may see it; otherwise 404, so out-of-scope ids are not probed."""
+    if region is None or not path_in_scope(scope_path(session, user), region.path):
+        raise NotFound()
+    return region
