@@ -131,6 +131,37 @@ def cmd_regions_export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_calendar_import(args: argparse.Namespace, settings: Settings) -> int:
+    from grassroots.kernel.calendar import CalendarDataError, import_year
+
+    runtime = _runtime(settings)
+    try:
+        data = json.loads(Path(args.file).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"{args.file}: cannot read a JSON year file: {exc}", file=sys.stderr)
+        return 1
+    with runtime.session_factory() as session:
+        try:
+            result = import_year(session, data, actor="cli", runtime=runtime)
+        except CalendarDataError as exc:
+            print(exc.describe(), file=sys.stderr)
+            return 1
+    print(result.describe())
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    from grassroots.kernel.keys import cli_rotate
+
+    return cli_rotate(settings)
+
+
+def cmd_keys_retire(args: argparse.Namespace, settings: Settings) -> int:
+    from grassroots.kernel.keys import cli_retire
+
+    return cli_retire(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grassroots", description="基层治理与智慧灌区平台")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
     exp = add("export", cmd_regions_export, "export regions as GeoJSON", regions)
     exp.add_argument("output", nargs="?", default="-")
     exp.add_argument("--level", default=None)
+
+    calendar = sub.add_parser("calendar", help="official working-day calendar").add_subparsers(
+        dest="calendar_command", required=True)
+    add("import", cmd_calendar_import, "import a year's State Council holiday arrangement (JSON)",
+        calendar).add_argument("file")
+
+    keys = sub.add_parser("keys", help="data encryption keys").add_subparsers(
+        dest="keys_command", required=True)
+    add("rotate", cmd_keys_rotate,
+        "new data key; re-encrypt every registered column (rerun to finish an interrupted run)",
+        keys)
+    add("retire", cmd_keys_retire, "drop old data keys once no row uses them", keys)
     return parser
 
 

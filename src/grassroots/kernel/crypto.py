@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +23,9 @@ NONCE_BYTES = 12
 TAG_BYTES = 16
 KEY_BYTES = 16  # SM4 has a 128-bit key
 TOKEN_PREFIX = "sm4gcm"
+# Keys given in this variable (JSON, as in the key file) win over the key file; they cannot be
+# rotated by the platform because it cannot rewrite its own environment.
+DATA_KEYS_ENV = "GRASSROOTS_DATA_KEYS"
 
 
 class CryptoError(RuntimeError):
@@ -132,6 +136,18 @@ class KeyRing:
         return KeyRing(current=new_id, data_keys=keys, index_key=self.index_key,
                        mac_keys=self.mac_keys, current_mac=self.current_mac)
 
+    def without(self, key_ids: Iterable[str]) -> KeyRing:
+        """A ring with the given old data keys removed; the current key can never be dropped."""
+        drop = set(key_ids)
+        if self.current in drop:
+            raise CryptoError(f"key {self.current!r} is the current data key and cannot be retired")
+        unknown = drop - self.data_keys.keys()
+        if unknown:
+            raise CryptoError(f"no such data key: {', '.join(sorted(unknown))}")
+        keys = {k: v for k, v in self.data_keys.items() if k not in drop}
+        return KeyRing(current=self.current, data_keys=keys, index_key=self.index_key,
+                       mac_keys=self.mac_keys, current_mac=self.current_mac)
+
 
 class SoftwareProvider:
     """SM4-GCM and HMAC-SM3 in software (OpenSSL through `cryptography`)."""
@@ -157,7 +173,16 @@ class SoftwareProvider:
                                _associated(context, key_id)).decode()
 
     def key_id_of(self, token: str) -> str:
-        return token.split(":", 2)[1]
+        parts = token.split(":", 2)
+        if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
+            raise CryptoError("not an encrypted value")
+        return parts[1]
+
+    def reencrypt(self, token: str, *, context: str) -> str:
+        """The same plaintext under the current data key; a token already on it comes back as is."""
+        if self.key_id_of(token) == self.ring.current:
+            return token
+        return self.encrypt(self.decrypt(token, context=context), context=context)
 
     def blind_index(self, value: str, *, context: str) -> str:
         return hmac_sm3(self.ring.index_key, f"{context}\x00{value}".encode()).hex()
@@ -181,7 +206,7 @@ def _associated(context: str, key_id: str) -> bytes:
 
 def load_key_ring(path: Path, *, create: bool) -> KeyRing:
     """Read the key file; in the demo and tests create it (mode 0600) when it is missing."""
-    env_value = os.environ.get("GRASSROOTS_DATA_KEYS")
+    env_value = os.environ.get(DATA_KEYS_ENV)
     if env_value:
         return KeyRing.from_json(env_value)
     if path.exists():
@@ -194,9 +219,27 @@ def load_key_ring(path: Path, *, create: bool) -> KeyRing:
 
 
 def write_key_ring(path: Path, ring: KeyRing) -> None:
+    """Replace the key file atomically and durably: a key must be on disk before data uses it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(ring.to_json())
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable on POSIX; Windows cannot open a directory, and needs not.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

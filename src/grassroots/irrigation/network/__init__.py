@@ -1,0 +1,1 @@
+"""The irrigation district's network: pump stations, canals, structures, user associations, fields."""
