@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from grassroots.db import Base, import_all_models, make_engine
+from grassroots.db import Base, make_engine
+from grassroots.models_registry import import_all_models
 from grassroots.settings import get_settings
 
 import_all_models()

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from grassroots.db import Base, import_all_models, make_engine
+from grassroots.db import Base, make_engine
+from grassroots.models_registry import import_all_models
 from grassroots.kernel.clock import FixedClock, set_clock
 from grassroots.runtime import Runtime
 from grassroots.settings import Environment, Settings

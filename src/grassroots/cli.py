@@ -152,13 +152,17 @@ def cmd_calendar_import(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
     from grassroots.kernel.keys import cli_rotate
+    from grassroots.models_registry import import_all_models
 
+    import_all_models()
     return cli_rotate(settings)
 
 
 def cmd_keys_retire(args: argparse.Namespace, settings: Settings) -> int:
     from grassroots.kernel.keys import cli_retire
+    from grassroots.models_registry import import_all_models
 
+    import_all_models()
     return cli_retire(settings)
 
 

@@ -73,8 +73,3 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
     with factory() as session, session.begin():
         yield session
-
-
-def import_all_models() -> None:
-    """Import every models module so Base.metadata knows every table (Alembic, create_all)."""
-    from grassroots import models_registry  # noqa: F401

@@ -325,9 +325,8 @@ def _use_ring(runtime: Runtime, ring: KeyRing) -> None:
 
 
 def _registered_columns() -> list[EncryptedColumn]:
-    from grassroots.db import import_all_models
-
-    import_all_models()  # domains register their columns next to their models
+    # Domains register their columns next to their models; the CLI imports every models module
+    # (grassroots.models_registry) before calling us, since the kernel may not import domains.
     return list(ENCRYPTED_COLUMNS)
 
 

@@ -1,0 +1,1 @@
+"""Derived hydraulic quantities: flume and gate flow, volumes, quality flags, water accounts."""
