@@ -1,0 +1,1 @@
+"""Telemetry intake from field units: protocol codecs and the listeners that speak them."""
