@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
 
 def _include_routers(app: FastAPI) -> None:
-    from grassroots.web import health
+    from grassroots.web import health, regions
 
     app.include_router(health.router)
+    app.include_router(regions.router)

@@ -121,7 +121,11 @@ def cmd_regions_export(args: argparse.Namespace, settings: Settings) -> int:
 
     runtime = _runtime(settings)
     with runtime.session_factory() as session:
-        data = export_geojson(session=session, level=args.level)
+        try:
+            data = export_geojson(session=session, level=args.level)
+        except ValueError as exc:
+            print(f"cannot export: {exc}", file=sys.stderr)
+            return 2
     text = json.dumps(data, ensure_ascii=False)
     if args.output == "-":
         sys.stdout.write(text + "\n")

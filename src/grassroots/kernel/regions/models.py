@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import secrets
+from typing import Any
 
 from sqlalchemy import Enum, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
@@ -22,6 +24,10 @@ class RegionLevel(enum.StrEnum):
 LEVEL_ORDER = list(RegionLevel)
 
 
+def _new_stamp(_previous: Any) -> int:
+    return secrets.randbelow(2**31 - 2) + 1
+
+
 class Region(Base):
     __tablename__ = "region"
 
@@ -29,7 +35,8 @@ class Region(Base):
     code: Mapped[str] = mapped_column(String(40), unique=True)
     name: Mapped[str] = mapped_column(String(120))
     level: Mapped[RegionLevel] = mapped_column(
-        Enum(RegionLevel, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e])
+        Enum(RegionLevel, native_enum=False, length=20,
+             values_callable=lambda e: [m.value for m in e])
     )
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("region.id"), index=True)
     # "/1/4/19/" — every ancestor id, so a scope check is a prefix match.
@@ -39,3 +46,11 @@ class Region(Base):
     min_lat: Mapped[float] = mapped_column(Float)
     max_lon: Mapped[float] = mapped_column(Float)
     max_lat: Mapped[float] = mapped_column(Float)
+    # A random number renewed by SQLAlchemy on every ORM insert and update of the row (its
+    # version counter, so concurrent edits also fail loudly). The locate index is cached per
+    # process under (count, max id, sum of stamps), which changes whenever any region does,
+    # even after a delete-and-reimport that reuses the same ids.
+    stamp: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+    __mapper_args__ = {  # noqa: RUF012 (SQLAlchemy reads it as declared)
+        "version_id_col": stamp, "version_id_generator": _new_stamp}
