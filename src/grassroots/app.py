@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from grassroots import __version__
 from grassroots.runtime import Runtime
 from grassroots.settings import Settings, get_settings
+from grassroots.web.auth import install_auth
 from grassroots.web.errors import install_error_handlers
 from grassroots.web.templating import build_templates
 
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     static_dir = Path(str(resources.files("grassroots.web"))) / "static"
     app.mount("/static", StaticFiles(directory=static_dir), name="static")
     install_error_handlers(app)
+    install_auth(app)
     _include_routers(app)
     return app
 

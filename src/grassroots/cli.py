@@ -9,13 +9,13 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from grassroots.runtime import Runtime
 from grassroots.settings import Settings, SettingsError, load_settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
 
-def _runtime(settings: Settings):  # type: ignore[no-untyped-def]
-    from grassroots.runtime import Runtime
+def _runtime(settings: Settings) -> Runtime:
 
     return Runtime(settings)
 
@@ -30,7 +30,7 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_seed_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from grassroots.demo import seed_demo
+    from grassroots.demo.seed import seed_demo
 
     summary = seed_demo(_runtime(settings), progress=not args.quiet)
     print(json.dumps(summary, ensure_ascii=False))
@@ -52,7 +52,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Migrate, seed (once), then serve: the one command a new user runs."""
-    from grassroots.demo import seed_demo
+    from grassroots.demo.seed import seed_demo
     from grassroots.migrate import upgrade
 
     settings.var_dir.mkdir(parents=True, exist_ok=True)
@@ -65,10 +65,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _read_password(prompt: str) -> str:
-    if sys.stdin.isatty():
-        password = getpass.getpass(prompt)
-    else:
-        password = sys.stdin.readline().rstrip("\n")
+    interactive = sys.stdin.isatty()
+    password = getpass.getpass(prompt) if interactive else sys.stdin.readline().rstrip("\n")
     if not password:
         raise SystemExit("no password given on standard input")
     return password
@@ -175,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, handler: Handler, help_text: str,
-            parent: argparse._SubParsersAction = sub) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+            parent: argparse._SubParsersAction[argparse.ArgumentParser] = sub,
+            ) -> argparse.ArgumentParser:
         p = parent.add_parser(name, help=help_text)
         p.set_defaults(handler=handler)
         return p

@@ -1,4 +1,4 @@
-"""Settings from GRASSROOTS_* environment variables; a bad value stops start-up with a clear message."""
+"""Settings from GRASSROOTS_* environment variables; a bad value stops start-up clearly."""
 
 from __future__ import annotations
 

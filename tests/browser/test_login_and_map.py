@@ -26,9 +26,11 @@ def test_a_dispatcher_logs_in_and_sees_the_zones_on_the_regions_map(
     page.fill("input[name=password]", DEMO_PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url(f"{live_server}/regions**")
-    page.wait_for_selector("path.leaflet-interactive", timeout=15000)
-    zones = page.locator("path.zone-shape")
-    assert zones.count() == 7
+    page.wait_for_selector("#regions-map[data-loaded=true]", timeout=20000)
+    the_map = page.locator("#regions-map")
+    assert the_map.get_attribute("data-count-zone") == "7"
+    assert the_map.get_attribute("data-count-grid") == "129"
+    assert page.locator("#regions-map canvas").count() >= 1  # drawn, not only fetched
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "regions-map.png"))
     assert "调度员" in page.content()

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 from tests.integration.test_regions_import import small_tree
 
+from grassroots.kernel.auth.actions import create_api_token
 from grassroots.kernel.auth.models import User
 from grassroots.kernel.auth.roles import Role
 from grassroots.kernel.regions import queries
@@ -42,6 +43,10 @@ class Api:
                     created_at=now, password_changed_at=now)
         self.session.add(user)
         self.session.commit()
+        # A bearer token makes POSTs exempt from CSRF, as for any integration client.
+        _token, plaintext = create_api_token(session=self.session, runtime=self.runtime,
+                                             actor="cli", name="test", user_id=user.id)
+        self.client.headers["Authorization"] = f"Bearer {plaintext}"
         self.app.dependency_overrides[get_current_user] = lambda: user
         return user
 

@@ -44,14 +44,15 @@ DEMO_ACCOUNTS = (
     DemoAccount("gridworker", "网格员 刘洋", Role.GRID_WORKER, "grid:1"),
     DemoAccount("buildinghead", "楼栋长 陈静", Role.BUILDING_HEAD, "micro_grid:1"),
     DemoAccount("mediator", "调解员 赵磊", Role.MEDIATOR, "street"),
-    DemoAccount("partysec", "社区党委书记 孙丽", Role.PARTY_SECRETARY, "zone:1"),
+    DemoAccount("partysec", "社区党委书记 孙丽", Role.PARTY_SECRETARY,
+                "zone:1"),
     DemoAccount("owners", "业委会委员 周强", Role.OWNERS_COMMITTEE, "zone:1"),
     DemoAccount("irrigation", "灌区调度员 马军", Role.IRRIGATION_DISPATCHER, None),
     DemoAccount("gateop", "闸门操作员 杨帆", Role.GATE_OPERATOR, None),
     DemoAccount("viewer", "只读用户", Role.VIEWER, "street"),
 )
 
-SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程"
+SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘"
 GIVEN = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华兰红玉梅建国志文斌鹏辉宇浩"
 
 
@@ -73,7 +74,8 @@ class Progress:
 
 
 def _person_name(i: int) -> str:
-    return SURNAMES[i % len(SURNAMES)] + GIVEN[(i * 7) % len(GIVEN)] + GIVEN[(i * 13 + 5) % len(GIVEN)]
+    given = GIVEN[(i * 7) % len(GIVEN)] + GIVEN[(i * 13 + 5) % len(GIVEN)]
+    return SURNAMES[i % len(SURNAMES)] + given
 
 
 def seed_demo(runtime: Runtime, *, progress: bool = False) -> dict[str, Any]:
@@ -186,10 +188,11 @@ def _seed_zone_staff(session: Session, runtime: Runtime,
 def _seed_rosters(session: Session, runtime: Runtime, staff: list[User], progress: bool) -> int:
     """Two 12-hour shifts a day (08:00–20:00, 20:00–08:00), half of each zone's staff on each."""
     try:
-        from grassroots.command.actions import add_duty_shift
+        from grassroots.command.actions import create_duty_shift
     except ImportError:  # the command loop is not installed in this build
         return 0
     from grassroots.command.models import DutyShift
+    from grassroots.command.states import SystemActor
 
     if session.scalar(select(func.count(DutyShift.id))):
         return session.scalar(select(func.count(DutyShift.id))) or 0
@@ -200,11 +203,14 @@ def _seed_rosters(session: Session, runtime: Runtime, staff: list[User], progres
     for day in days:
         day_start = datetime.combine(day, time(8, 0), DISPLAY_TZ)
         for i, user in enumerate(sorted(staff, key=lambda u: u.username)):
+            if user.scope_region_id is None:
+                continue
             on_day = (i + day.toordinal()) % 2 == 0
             starts = day_start if on_day else day_start + timedelta(hours=12)
-            add_duty_shift(session=session, runtime=runtime, actor="seed", user_id=user.id,
-                           zone_id=user.scope_region_id, unit_type="zone_team",
-                           starts_at=starts, ends_at=starts + timedelta(hours=12))
+            create_duty_shift(session=session, runtime=runtime, actor=SystemActor("seed"),
+                              user_id=user.id, zone_id=user.scope_region_id,
+                              unit_type="zone_team", starts_at=starts,
+                              ends_at=starts + timedelta(hours=12))
             count += 1
         bar.step()
     return count

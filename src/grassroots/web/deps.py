@@ -1,9 +1,12 @@
-"""Annotated dependencies shared by every router: the runtime, a DB session, the language."""
+"""Annotated dependencies shared by every router: the runtime, a DB session, the language, the user.
+
+The user comes from request.state, which grassroots.web.auth's middleware fills per request.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
@@ -50,10 +53,26 @@ def get_current_user(request: Request) -> User:
     user = getattr(request.state, "user", None)
     if user is None:
         raise NotAuthenticated()
-    return user  # type: ignore[no-any-return]
+    return cast(User, user)
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def get_optional_user(request: Request) -> User | None:
+    """The signed-in user, or None for an anonymous visitor (public pages)."""
+    return cast(User | None, getattr(request.state, "user", None))
+
+
+OptionalUser = Annotated[User | None, Depends(get_optional_user)]
+
+
+def client_ip(request: Request) -> str | None:
+    """The peer address for audit rows (a proxy in front must pass the real one through)."""
+    return request.client.host if request.client else None
+
+
+ClientIp = Annotated[str | None, Depends(client_ip)]
 
 
 def require_permission(permission: Permission) -> Callable[..., User]:
@@ -61,6 +80,17 @@ def require_permission(permission: Permission) -> Callable[..., User]:
 
     def check(user: CurrentUser) -> User:
         if not has_permission(user.role, permission):
+            raise PermissionDenied()
+        return user
+
+    return check
+
+
+def require_any_permission(*permissions: Permission) -> Callable[..., User]:
+    """A dependency that returns the user if their role grants any of `permissions`, else 403."""
+
+    def check(user: CurrentUser) -> User:
+        if not any(has_permission(user.role, permission) for permission in permissions):
             raise PermissionDenied()
         return user
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, Enum, ForeignKey, Integer, String
+from sqlalchemy import BigInteger, Boolean, Enum, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from grassroots.db import Base
@@ -25,6 +25,8 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(300))
     totp_secret_enc: Mapped[str | None] = mapped_column(String(300))  # SM4-GCM ciphertext
     totp_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The last 30-second step whose code was accepted, so a code cannot be replayed.
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
     phone_enc: Mapped[str | None] = mapped_column(String(300))
     phone_index: Mapped[str | None] = mapped_column(String(64), index=True)  # HMAC-SM3 blind index
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
@@ -32,10 +34,15 @@ class User(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime]
     password_changed_at: Mapped[datetime]
+    last_login_at: Mapped[datetime | None]
 
 
 class LoginSession(Base):
-    """A browser session. Only a hash of the cookie value is stored; a new one is made at login."""
+    """A browser session. Only a hash of the cookie value is stored; a new one is made at login.
+
+    `user_id` is None for the anonymous session that carries the login form's CSRF token;
+    `totp_pending` marks a session whose password was right but whose second factor is due.
+    """
 
     __tablename__ = "login_session"
 

@@ -32,7 +32,7 @@ def scope_clause(scope: str | None, path_column: InstrumentedAttribute[str]) -> 
 
 
 def ensure_region_in_scope(session: Session, user: User, region: Region | None) -> Region:
-    """Return the region if the user may see it; otherwise 404, so out-of-scope ids are not probed."""
+    """The region if the user may see it; else 404, so out-of-scope ids cannot be probed."""
     if region is None or not path_in_scope(scope_path(session, user), region.path):
         raise NotFound()
     return region

@@ -66,6 +66,7 @@
       .then(function (data) {
         var layer = L.geoJSON(data, { style: style(level), interactive: false });
         layers[level] = layer;
+        element.setAttribute("data-count-" + level.replace("_", "-"), String(data.features.length));
         if (data.features.length && level !== "building") { bounds.extend(layer.getBounds()); }
       })
       .catch(function () { /* a level the user may not see, or none stored */ })
@@ -78,6 +79,7 @@
           if (bounds.isValid()) { map.fitBounds(bounds, { padding: [10, 10] }); }
           else { resultBox.textContent = msg.empty; }
           showByZoom();
+          element.setAttribute("data-loaded", "true");  // for people's tools and browser tests
         }
       });
   });
