@@ -15,8 +15,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from grassroots.db import Base, make_engine
-from grassroots.models_registry import import_all_models
 from grassroots.kernel.clock import FixedClock, set_clock
+from grassroots.models_registry import import_all_models
 from grassroots.runtime import Runtime
 from grassroots.settings import Environment, Settings
 

@@ -9,8 +9,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from grassroots.db import make_engine, make_session_factory
-from grassroots.kernel.crypto import SoftwareProvider, load_key_ring
 from grassroots.kernel.clock import Clock, get_clock
+from grassroots.kernel.crypto import SoftwareProvider, load_key_ring
 from grassroots.settings import Environment, Settings
 
 

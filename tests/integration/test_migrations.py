@@ -9,11 +9,11 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from tests.conftest import _create_pg_database, _drop_pg_database, _postgres_available
 
 from grassroots.db import Base, make_engine
-from grassroots.models_registry import import_all_models
 from grassroots.migrate import alembic_config, upgrade
-from tests.conftest import _create_pg_database, _drop_pg_database, _postgres_available
+from grassroots.models_registry import import_all_models
 
 
 def _schema_differences(url: str) -> list[object]:

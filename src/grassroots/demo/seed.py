@@ -91,7 +91,16 @@ def seed_demo(runtime: Runtime, *, progress: bool = False) -> dict[str, Any]:
         counts["users"] = session.scalar(select(func.count(User.id))) or 0
         counts["zone_staff"] = len(responders)
         counts["shifts"] = shifts
-        return counts
+    counts["irrigation"] = _seed_irrigation(runtime, progress)
+    return counts
+
+
+def _seed_irrigation(runtime: Runtime, progress: bool) -> dict[str, Any]:
+    from grassroots.irrigation.demo import seed_irrigation_demo
+
+    if progress:
+        sys.stderr.write("  building the demo irrigation district and its simulated year…\n")
+    return seed_irrigation_demo(runtime, progress=progress)
 
 
 def _seed_regions(session: Session, runtime: Runtime, progress: bool) -> None:

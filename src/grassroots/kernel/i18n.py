@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -21,7 +21,7 @@ MESSAGE_PACKAGES = (
 )
 
 
-@lru_cache(maxsize=None)
+@cache
 def catalogue(language: str) -> dict[str, str]:
     merged: dict[str, str] = {}
     for package in MESSAGE_PACKAGES:

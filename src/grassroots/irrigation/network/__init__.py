@@ -1,1 +1,1 @@
-"""The irrigation district's network: pump stations, canals, structures, user associations, fields."""
+"""The district's network: pump stations, canals, structures, user associations, fields."""
