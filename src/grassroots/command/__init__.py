@@ -1,0 +1,1 @@
+"""The incident command loop: categories, intake, dispatch, SLA clocks and escalation."""

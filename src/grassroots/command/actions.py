@@ -1,0 +1,1031 @@
+"""Every write of the command loop. One action = one transaction with its audit row(s).
+
+Each transition checks the table in states.py, changes the incident by compare-and-set on
+`version` (`UPDATE incident … WHERE id = ? AND version = ?`, exactly one row or Conflict),
+saves an IncidentTransition row and an audit row, and settles the clocks the action affects.
+Actions commit their own transaction (the web layer's session only closes), so a caller must not
+hold uncommitted writes of its own in the session it passes in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from sqlalchemy import CursorResult, Update, exists, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from grassroots.command import queries
+from grassroots.command.categories import (
+    apply_changes,
+    attributes_of,
+    read_default_catalogue,
+    row_values,
+    spec_of,
+    validate_answers,
+)
+from grassroots.command.models import (
+    Assignment,
+    Deadline,
+    DutyShift,
+    Incident,
+    IncidentCategory,
+    IncidentNumberCounter,
+    IncidentTransition,
+    Notice,
+    ReinforcementRequest,
+    ResponderStatus,
+)
+from grassroots.command.states import (
+    AUDIENCE_ROLE,
+    AUTO_DISPATCH,
+    CALL_PROCESSING_LIMIT,
+    CALLBACK_WORKING_DAYS,
+    DEADLINE_EFFECTS,
+    DESCRIPTION_MAX_CHARS,
+    EFFECTIVE_RESPONSE_LIMIT,
+    EXTENSION_MAX_WORKING_DAYS,
+    FIELD_ROLES,
+    FIRST_RESPONDERS_BY_URGENCY,
+    FIRST_RESPONSE_LIMIT,
+    REINFORCEMENTS_PER_REQUEST,
+    RELEASES,
+    SEND_BACK_WORKING_DAYS,
+    TIMESTAMPS,
+    UNIT_TIER,
+    Action,
+    Actor,
+    Audience,
+    Channel,
+    DeadlineKind,
+    DeadlineLevel,
+    DeadlineState,
+    IncidentState,
+    Locator,
+    NoticeLevel,
+    ResponderState,
+    ResponseRole,
+    TransitionContext,
+    TransitionRule,
+    UnitType,
+    WorkingCalendar,
+    check_transition,
+    format_number,
+    handling_due,
+    normalize_phone,
+    warn_time,
+)
+from grassroots.kernel.audit import record
+from grassroots.kernel.auth.models import User
+from grassroots.kernel.auth.roles import Permission, Role, has_permission
+from grassroots.kernel.clock import to_display
+from grassroots.kernel.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from grassroots.kernel.regions.models import Region, RegionLevel
+
+if TYPE_CHECKING:
+    from grassroots.runtime import Runtime
+
+TITLE_MAX_CHARS = 200
+_FIELD_RESPONDER_ROLES = frozenset({Role.ZONE_RESPONDER, Role.GRID_WORKER})
+
+
+# --- plumbing ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _atomic(session: Session) -> Iterator[None]:
+    """Commit on success, roll back on any error.
+
+    A read-only transaction the caller left open (say, after loading the user) is ended first,
+    so the action reads fresh rows. On SQLite a transaction whose snapshot went stale under a
+    concurrent writer fails with "database is locked" at its first write; that is a lost race,
+    reported as Conflict.
+    """
+    if session.in_transaction() and not (session.new or session.dirty or session.deleted):
+        session.commit()
+    try:
+        yield
+        session.commit()
+    except OperationalError as exc:
+        session.rollback()
+        if session.get_bind().dialect.name == "sqlite" and "locked" in str(exc.orig):
+            raise Conflict("command.error.concurrent_change") from exc
+        raise
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def _rowcount(session: Session, stmt: Update) -> int:
+    result = cast(CursorResult[Any], session.execute(
+        stmt.execution_options(synchronize_session=False)))
+    return result.rowcount
+
+
+def _insert(session: Session) -> Any:
+    """The dialect's INSERT, for ON CONFLICT clauses (PostgreSQL and SQLite share the API)."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def _require(actor: Actor, permission: Permission) -> None:
+    # A SystemActor (role None) is the platform acting by rule and passes.
+    if actor.role is not None and not has_permission(actor.role, permission):
+        raise PermissionDenied()
+
+
+def _audit(session: Session, runtime: Runtime, actor: Actor, action: str, object_type: str,
+           object_id: int | str, source_ip: str | None, detail: Mapping[str, Any]) -> None:
+    record(session, runtime=runtime, actor=actor.username, action=action,
+           object_type=object_type, object_id=object_id, source_ip=source_ip,
+           detail=dict(detail))
+
+
+def _load(session: Session, incident_id: int) -> Incident:
+    # populate_existing: the session keeps objects across commits, so re-read the current row.
+    incident = session.get(Incident, incident_id, populate_existing=True)
+    if incident is None:
+        raise NotFound()
+    return incident
+
+
+def _category(session: Session, incident: Incident) -> IncidentCategory:
+    category = session.get(IncidentCategory, incident.category_id)
+    assert category is not None  # a foreign key
+    return category
+
+
+def _new_deadline(session: Session, *, incident_id: int, kind: DeadlineKind, start: datetime,
+                  due: datetime, step: int = 0,
+                  reinforcement_request_id: int | None = None) -> Deadline:
+    deadline = Deadline(incident_id=incident_id, kind=kind, escalation_step=step,
+                        reinforcement_request_id=reinforcement_request_id, starts_at=start,
+                        due_at=due, warn_at=warn_time(start, due), level=DeadlineLevel.NONE,
+                        state=DeadlineState.OPEN, version=1)
+    session.add(deadline)
+    return deadline
+
+
+def _settle(session: Session, incident_id: int, kinds: frozenset[DeadlineKind],
+            to: DeadlineState, now: datetime) -> None:
+    _rowcount(session, update(Deadline).where(
+        Deadline.incident_id == incident_id, Deadline.kind.in_(list(kinds)),
+        Deadline.state == DeadlineState.OPEN,
+    ).values(state=to, settled_at=now, version=Deadline.version + 1))
+
+
+def _has_field_work(session: Session, user_id: int) -> bool:
+    return bool(session.scalar(select(exists().where(
+        Assignment.user_id == user_id, Assignment.ended_at.is_(None),
+        Assignment.role.in_(list(FIELD_ROLES))))))
+
+
+def _free(session: Session, user_ids: Sequence[int], now: datetime) -> None:
+    """Responders with no field assignment left go from busy back to available."""
+    for user_id in dict.fromkeys(user_ids):
+        if not _has_field_work(session, user_id):
+            _rowcount(session, update(ResponderStatus).where(
+                ResponderStatus.user_id == user_id,
+                ResponderStatus.state == ResponderState.BUSY,
+            ).values(state=ResponderState.AVAILABLE, updated_at=now))
+
+
+def _claim(session: Session, user_id: int, now: datetime) -> bool:
+    """Mark an available responder busy by compare-and-set, so two dispatches never share one."""
+    if _rowcount(session, update(ResponderStatus).where(
+            ResponderStatus.user_id == user_id,
+            ResponderStatus.state == ResponderState.AVAILABLE,
+    ).values(state=ResponderState.BUSY, updated_at=now)) == 1:
+        return True
+    inserted = session.execute(
+        _insert(session)(ResponderStatus)
+        .values(user_id=user_id, state=ResponderState.BUSY, updated_at=now)
+        .on_conflict_do_nothing(index_elements=[ResponderStatus.user_id])
+        .returning(ResponderStatus.user_id)).first()
+    return inserted is not None
+
+
+def _force_busy(session: Session, user_id: int, now: datetime) -> None:
+    session.execute(
+        _insert(session)(ResponderStatus)
+        .values(user_id=user_id, state=ResponderState.BUSY, updated_at=now)
+        .on_conflict_do_update(index_elements=[ResponderStatus.user_id],
+                               set_={"state": ResponderState.BUSY, "updated_at": now}))
+
+
+def _require_assigned(session: Session, incident_id: int, actor: Actor) -> Assignment | None:
+    """A field responder may act only on incidents they are sent to; others are not checked."""
+    if actor.role not in _FIELD_RESPONDER_ROLES:
+        return None
+    assignment = session.scalars(select(Assignment).where(
+        Assignment.incident_id == incident_id, Assignment.user_id == actor.id,
+        Assignment.ended_at.is_(None), Assignment.role.in_(list(FIELD_ROLES)))
+        .order_by(Assignment.id)).first()
+    if assignment is None:
+        raise PermissionDenied("command.error.not_assigned")
+    return assignment
+
+
+def _step(session: Session, runtime: Runtime, actor: Actor, incident: Incident, action: Action, *,
+          reason: str | None = None, expected_version: int | None = None,
+          context: TransitionContext | None = None, values: Mapping[str, Any] | None = None,
+          detail: Mapping[str, Any] | None = None, source_ip: str | None = None,
+          keep_busy: Sequence[int] = ()) -> TransitionRule:
+    """Check the rule, compare-and-set the incident, save the Flip and the audit row."""
+    rule = check_transition(incident.state, action, actor.role, reason=reason, context=context)
+    if expected_version is not None and expected_version != incident.version:
+        raise Conflict("command.error.concurrent_change")
+    now = runtime.clock.now()
+    from_state = incident.state
+    to_state = rule.to_state or from_state
+    if rule.restores_previous:
+        to_state = incident.state_before_suspend or IncidentState.REGISTERED
+    changes: dict[str, Any] = {"state": to_state, "version": Incident.version + 1}
+    stamp = TIMESTAMPS.get(rule.action)
+    if stamp is not None and (not stamp[1] or getattr(incident, stamp[0]) is None):
+        changes[stamp[0]] = now
+    changes.update(values or {})
+    won = _rowcount(session, update(Incident).where(
+        Incident.id == incident.id, Incident.version == incident.version).values(**changes))
+    if won != 1:
+        raise Conflict("command.error.concurrent_change")
+    details = {"from": from_state.value, "to": to_state.value, **(detail or {})}
+    session.add(IncidentTransition(
+        incident_id=incident.id, from_state=from_state, to_state=to_state, action=rule.action,
+        reason=reason, actor=actor.username, actor_id=actor.id, at=now,
+        detail=json.dumps(details, ensure_ascii=False, sort_keys=True, default=str)))
+    _audit(session, runtime, actor, f"incident:transition:{rule.action}", "incident", incident.id,
+           source_ip, {"number": incident.number, "reason": reason, **details})
+    for kinds, settled in DEADLINE_EFFECTS.get(rule.action, ()):
+        _settle(session, incident.id, kinds, settled, now)
+    released = RELEASES.get(rule.action)
+    if released:
+        _release_keeping(session, incident.id, released, now, keep_busy)
+    session.refresh(incident)
+    return rule
+
+
+def _release_keeping(session: Session, incident_id: int, roles: frozenset[ResponseRole],
+                     now: datetime, keep_busy: Sequence[int]) -> None:
+    users = [u for u in session.scalars(select(Assignment.user_id).where(
+        Assignment.incident_id == incident_id, Assignment.ended_at.is_(None),
+        Assignment.role.in_(list(roles)))) if u not in keep_busy]
+    _rowcount(session, update(Assignment).where(
+        Assignment.incident_id == incident_id, Assignment.ended_at.is_(None),
+        Assignment.role.in_(list(roles))).values(ended_at=now))
+    _free(session, users, now)
+
+
+# --- categories --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CategoryLoadResult:
+    created: list[str]
+    kept: list[str]
+
+
+def load_default_categories(*, session: Session, runtime: Runtime, actor: Actor,
+                            path: Path | None = None,
+                            source_ip: str | None = None) -> CategoryLoadResult:
+    """Insert the catalogue's categories that are missing; a deployment's edits are kept."""
+    _require(actor, Permission.CATEGORIES_EDIT)
+    catalogue = read_default_catalogue(path)
+    with _atomic(session):
+        existing = set(session.scalars(select(IncidentCategory.code)))
+        created, kept = [], []
+        now = runtime.clock.now()
+        order = 0
+        for major in catalogue.classes:
+            for spec in major.categories:
+                order += 10
+                if spec.code in existing:
+                    kept.append(spec.code)
+                    continue
+                session.add(IncidentCategory(
+                    major_code=major.code, major_name_zh=major.name_zh,
+                    major_name_en=major.name_en, sort_order=order, version=1, updated_at=now,
+                    **row_values(spec)))
+                created.append(spec.code)
+        if created:
+            session.flush()
+            _audit(session, runtime, actor, "category:load_defaults", "category", "catalogue",
+                   source_ip, {"created": created, "catalogue_version": catalogue.version})
+    return CategoryLoadResult(created=created, kept=kept)
+
+
+def update_category(*, session: Session, runtime: Runtime, actor: Actor, code: str,
+                    changes: Mapping[str, Any], expected_version: int | None = None,
+                    source_ip: str | None = None) -> IncidentCategory:
+    """Change a category's editable fields (spec field names, e.g. {"limit": {...}})."""
+    _require(actor, Permission.CATEGORIES_EDIT)
+    with _atomic(session):
+        category = session.scalars(select(IncidentCategory).where(IncidentCategory.code == code)
+                                   .execution_options(populate_existing=True)).first()
+        if category is None:
+            raise NotFound()
+        before = spec_of(category)
+        after = apply_changes(before, changes)
+        version = category.version
+        if expected_version is not None and expected_version != version:
+            raise Conflict("command.error.concurrent_change")
+        values = row_values(after)
+        won = _rowcount(session, update(IncidentCategory).where(
+            IncidentCategory.id == category.id, IncidentCategory.version == version,
+        ).values(version=IncidentCategory.version + 1, updated_at=runtime.clock.now(), **values))
+        if won != 1:
+            raise Conflict("command.error.concurrent_change")
+        old, new = before.model_dump(mode="json"), after.model_dump(mode="json")
+        _audit(session, runtime, actor, "category:update", "category", category.id, source_ip,
+               {"code": code, "changed": {k: {"from": old[k], "to": new[k]}
+                                          for k in new if old[k] != new[k]}})
+        session.refresh(category)
+    return category
+
+
+# --- intake ------------------------------------------------------------------------------------
+
+
+@dataclass
+class IntakeResult:
+    incident: Incident
+    created: bool
+    duplicate_candidates: list[Incident] = field(default_factory=list)
+    assigned_user_ids: list[int] = field(default_factory=list)
+
+
+def _check_location(lon: float | None, lat: float | None, address_text: str | None) -> None:
+    if (lon is None) != (lat is None):
+        raise ValidationFailed("command.error.bad_location")
+    if lon is None and not (address_text and address_text.strip()):
+        raise ValidationFailed("command.error.location_required")
+    if lon is not None and lat is not None and not (-180 <= lon <= 180 and -90 <= lat <= 90):
+        raise ValidationFailed("command.error.bad_location")
+
+
+_LEVEL_COLUMNS = {RegionLevel.MICRO_GRID.value: "micro_grid_id", RegionLevel.GRID.value: "grid_id",
+                  RegionLevel.ZONE.value: "zone_id"}
+
+
+def _regions(locator: Locator | None, lon: float | None, lat: float | None) -> dict[str, Any]:
+    """micro_grid_id, grid_id, zone_id and region_path from the locator's deepest-first list."""
+    found = list(locator(lon, lat) or []) if (
+        locator is not None and lon is not None and lat is not None) else []
+    values: dict[str, Any] = dict.fromkeys(_LEVEL_COLUMNS.values())
+    values["region_path"] = found[0].path if found else ""
+    for region in found:
+        column = _LEVEL_COLUMNS.get(str(region.level))
+        if column is not None and values[column] is None:
+            values[column] = region.id
+    return values
+
+
+def _next_number(session: Session, received_at: datetime) -> str:
+    """The day's next public number; the upsert's row lock orders concurrent intakes."""
+    day = to_display(received_at).strftime("%Y%m%d")
+    table = IncidentNumberCounter
+    sequence = session.execute(
+        _insert(session)(table).values(day=day, last=1)
+        .on_conflict_do_update(index_elements=[table.day], set_={"last": table.last + 1})
+        .returning(table.last)).scalar_one()
+    return format_number(day, int(sequence))
+
+
+def intake(*, session: Session, runtime: Runtime, actor: Actor, channel: Channel | str,
+           category_code: str, calendar: WorkingCalendar, locator: Locator | None = None,
+           lon: float | None = None, lat: float | None = None, address_text: str | None = None,
+           description: str = "", title: str | None = None,
+           idempotency_key: str | None = None, client_ref: str | None = None,
+           external_ref: str | None = None, reporter_phone: str | None = None,
+           reporter_name: str | None = None, attributes: Mapping[str, Any] | None = None,
+           urgency: int | None = None, received_at: datetime | None = None,
+           auto_register: bool = True, auto_dispatch: bool = True,
+           source_ip: str | None = None) -> IntakeResult:
+    """The one way in for every channel: record, locate, flag duplicates, register, dispatch.
+
+    auto_register=False leaves it received for the centre to verify first (collect → verify →
+    register); auto_dispatch=False registers it but leaves dispatching to a person. A retry
+    with the same idempotency key (per channel and client) returns the first incident and
+    writes nothing. `locator(lon, lat)` returns regions deepest first (or None outside).
+    """
+    _require(actor, Permission.INCIDENTS_REPORT)
+    try:
+        channel = Channel(channel)
+    except ValueError:
+        raise ValidationFailed("command.error.unknown_channel", channel=channel) from None
+    client = client_ref or actor.username
+    try:
+        with _atomic(session):
+            if idempotency_key:
+                existing = queries.find_by_idempotency_key(
+                    session=session, channel=channel, client_ref=client, key=idempotency_key)
+                if existing is not None:
+                    return IntakeResult(incident=existing, created=False)
+            return _intake(session, runtime, actor, channel, client, category_code, calendar,
+                           locator, lon, lat, address_text, description, title, idempotency_key,
+                           external_ref, reporter_phone, reporter_name, attributes, urgency,
+                           received_at, auto_register, auto_dispatch, source_ip)
+    except IntegrityError:
+        # Two submissions with one key raced; the loser returns the winner's incident.
+        if not idempotency_key:
+            raise
+        existing = queries.find_by_idempotency_key(
+            session=session, channel=channel, client_ref=client, key=idempotency_key)
+        session.commit()
+        if existing is None:
+            raise
+        return IntakeResult(incident=existing, created=False)
+
+
+def _intake(session: Session, runtime: Runtime, actor: Actor, channel: Channel, client: str,
+            category_code: str, calendar: WorkingCalendar, locator: Locator | None,
+            lon: float | None, lat: float | None, address_text: str | None, description: str,
+            title: str | None, idempotency_key: str | None, external_ref: str | None,
+            reporter_phone: str | None, reporter_name: str | None,
+            attributes: Mapping[str, Any] | None, urgency: int | None,
+            received_at: datetime | None, auto_register: bool, auto_dispatch: bool,
+            source_ip: str | None) -> IntakeResult:
+    now = runtime.clock.now()
+    received = received_at or now
+    if received > now:
+        raise ValidationFailed("command.error.received_in_future")
+    category = queries.get_category(session=session, code=category_code)
+    if category is None or not category.active:
+        raise ValidationFailed("command.error.unknown_category", code=category_code)
+    _check_location(lon, lat, address_text)
+    if len(description) > DESCRIPTION_MAX_CHARS:
+        raise ValidationFailed("command.error.description_too_long", limit=DESCRIPTION_MAX_CHARS)
+    title = (title or category.name_zh).strip()
+    if len(title) > TITLE_MAX_CHARS:
+        raise ValidationFailed("command.error.title_too_long", limit=TITLE_MAX_CHARS)
+    if urgency is not None and urgency not in FIRST_RESPONDERS_BY_URGENCY:
+        raise ValidationFailed("command.error.bad_urgency")
+    answers = validate_answers(attributes_of(category), attributes)
+    phone = normalize_phone(reporter_phone) if reporter_phone else None
+    duplicates = queries.duplicate_candidates(session=session, category=category, lon=lon,
+                                              lat=lat, at=received)
+    crypto = runtime.crypto
+    incident = Incident(
+        number=_next_number(session, received), category_id=category.id, channel=channel,
+        client_ref=client, external_ref=external_ref, idempotency_key=idempotency_key,
+        title=title, description=description, lon=lon, lat=lat, address_text=address_text,
+        urgency=urgency or category.urgency, state=IncidentState.RECEIVED,
+        tier=UNIT_TIER[category.unit_type],
+        attributes=json.dumps(answers, ensure_ascii=False, sort_keys=True),
+        reporter_phone_enc=crypto.encrypt(phone, context=queries.PHONE_CONTEXT) if phone else None,
+        reporter_phone_index=crypto.blind_index(phone, context=queries.PHONE_CONTEXT)
+        if phone else None,
+        reporter_name_enc=crypto.encrypt(reporter_name, context=queries.NAME_CONTEXT)
+        if reporter_name else None,
+        needs_duplicate_review=bool(duplicates), created_by=actor.username,
+        received_at=received, version=1, **_regions(locator, lon, lat))
+    session.add(incident)
+    session.flush()
+    session.add(IncidentTransition(
+        incident_id=incident.id, from_state=None, to_state=IncidentState.RECEIVED,
+        action="receive", actor=actor.username, actor_id=actor.id, at=now,
+        detail=json.dumps({"channel": channel.value}, sort_keys=True)))
+    _audit(session, runtime, actor, "incident:create", "incident", incident.id, source_ip, {
+        "number": incident.number, "channel": channel.value, "category": category.code,
+        "zone_id": incident.zone_id, "duplicate_candidates": [d.number for d in duplicates]})
+    _new_deadline(session, incident_id=incident.id, kind=DeadlineKind.DISPATCH, start=received,
+                  due=received + CALL_PROCESSING_LIMIT)
+    assigned: list[int] = []
+    if auto_register:
+        _step(session, runtime, AUTO_DISPATCH, incident, Action.REGISTER, source_ip=source_ip)
+    if auto_register and auto_dispatch:
+        assigned = _auto_dispatch(session, runtime, AUTO_DISPATCH, incident, category, calendar,
+                                  source_ip=source_ip)
+    return IntakeResult(incident=incident, created=True, duplicate_candidates=duplicates,
+                        assigned_user_ids=assigned)
+
+
+# --- dispatch ----------------------------------------------------------------------------------
+
+
+def _claim_nearest(session: Session, incident: Incident, unit_type: UnitType | str, count: int,
+                   now: datetime) -> list[tuple[int, float | None]]:
+    if incident.zone_id is None or count <= 0:
+        return []
+    claimed: list[tuple[int, float | None]] = []
+    for candidate in queries.on_duty(session=session, zone_id=incident.zone_id,
+                                     unit_type=unit_type, at=now, lon=incident.lon,
+                                     lat=incident.lat):
+        if candidate.state != ResponderState.AVAILABLE:
+            break  # the list puts available people first
+        if _claim(session, candidate.user_id, now):
+            claimed.append((candidate.user_id, candidate.distance_m))
+            if len(claimed) == count:
+                break
+    return claimed
+
+
+def _send(session: Session, runtime: Runtime, actor: Actor, incident: Incident,
+          category: IncidentCategory, calendar: WorkingCalendar,
+          people: list[tuple[int, float | None]], *, reason: str | None = None,
+          expected_version: int | None = None, source_ip: str | None = None) -> None:
+    now = runtime.clock.now()
+    user_ids = [user_id for user_id, _ in people]
+    _step(session, runtime, actor, incident, Action.DISPATCH, reason=reason,
+          expected_version=expected_version, keep_busy=user_ids, source_ip=source_ip,
+          detail={"to": user_ids, "unit_type": category.unit_type.value})
+    for user_id, distance in people:
+        session.add(Assignment(
+            incident_id=incident.id, user_id=user_id, role=ResponseRole.FIRST_RESPONDER,
+            unit_type=category.unit_type, distance_m=distance, assigned_by=actor.username,
+            assigned_at=now))
+    if category.on_scene_required:
+        _new_deadline(session, incident_id=incident.id, kind=DeadlineKind.FIRST_ON_SCENE,
+                      start=now, due=now + FIRST_RESPONSE_LIMIT)
+    has_handling = session.scalar(select(exists().where(
+        Deadline.incident_id == incident.id, Deadline.kind == DeadlineKind.HANDLING,
+        Deadline.state.in_([DeadlineState.OPEN, DeadlineState.PAUSED]))))
+    if not has_handling:
+        # The unit's limit runs from when it receives the order (12345 practice).
+        _new_deadline(session, incident_id=incident.id, kind=DeadlineKind.HANDLING, start=now,
+                      due=handling_due(category.limit_value, category.limit_unit, now, calendar))
+    session.flush()
+
+
+def _auto_dispatch(session: Session, runtime: Runtime, actor: Actor, incident: Incident,
+                   category: IncidentCategory, calendar: WorkingCalendar, *,
+                   source_ip: str | None) -> list[int]:
+    """Send the nearest available on-duty people of the right unit; none found → stays put."""
+    count = FIRST_RESPONDERS_BY_URGENCY[incident.urgency]
+    people = _claim_nearest(session, incident, category.unit_type, count, runtime.clock.now())
+    if people:
+        _send(session, runtime, actor, incident, category, calendar, people, source_ip=source_ip)
+    return [user_id for user_id, _ in people]
+
+
+def dispatch(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
+             calendar: WorkingCalendar, user_ids: Sequence[int] | None = None,
+             reason: str | None = None, expected_version: int | None = None,
+             source_ip: str | None = None) -> Incident:
+    """Dispatch by hand: to the named people (even if busy), or to the nearest available."""
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        category = _category(session, incident)
+        now = runtime.clock.now()
+        check_transition(incident.state, Action.DISPATCH, actor.role, reason=reason)
+        if user_ids:
+            found = set(session.scalars(select(User.id).where(
+                User.id.in_(list(user_ids)), User.is_active.is_(True))))
+            if found != set(user_ids):
+                raise ValidationFailed("command.error.unknown_user")
+            for user_id in user_ids:
+                _force_busy(session, user_id, now)
+            people: list[tuple[int, float | None]] = [(u, None) for u in dict.fromkeys(user_ids)]
+        else:
+            people = _claim_nearest(session, incident, category.unit_type,
+                                    FIRST_RESPONDERS_BY_URGENCY[incident.urgency], now)
+            if not people:
+                raise ValidationFailed("command.error.no_responder")
+        _send(session, runtime, actor, incident, category, calendar, people, reason=reason,
+              expected_version=expected_version, source_ip=source_ip)
+    return incident
+
+
+def register(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
+             expected_version: int | None = None, source_ip: str | None = None) -> Incident:
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        _step(session, runtime, actor, incident, Action.REGISTER,
+              expected_version=expected_version, source_ip=source_ip)
+    return incident
+
+
+# --- the responder's steps ---------------------------------------------------------------------
+
+
+def accept(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
+           expected_version: int | None = None, source_ip: str | None = None) -> Incident:
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        check_transition(incident.state, Action.ACCEPT, actor.role)
+        assignment = _require_assigned(session, incident.id, actor)
+        _step(session, runtime, actor, incident, Action.ACCEPT,
+              expected_version=expected_version, source_ip=source_ip)
+        if assignment is not None and assignment.accepted_at is None:
+            assignment.accepted_at = runtime.clock.now()
+    return incident
+
+
+def arrive(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
+           lon: float | None = None, lat: float | None = None,
+           expected_version: int | None = None, source_ip: str | None = None) -> Incident:
+    """The first responder is on scene: stops the five-minute clock."""
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        check_transition(incident.state, Action.ARRIVE, actor.role)
+        assignment = _require_assigned(session, incident.id, actor)
+        _step(session, runtime, actor, incident, Action.ARRIVE,
+              expected_version=expected_version, source_ip=source_ip,
+              detail={"lon": lon, "lat": lat})
+        now = runtime.clock.now()
+        if assignment is not None and assignment.on_scene_at is None:
+            assignment.on_scene_at = now
+        if actor.id is not None and lon is not None and lat is not None:
+            session.execute(
+                _insert(session)(ResponderStatus)
+                .values(user_id=actor.id, state=ResponderState.BUSY, lon=lon, lat=lat,
+                        position_at=now, updated_at=now)
+                .on_conflict_do_update(index_elements=[ResponderStatus.user_id],
+                                       set_={"lon": lon, "lat": lat, "position_at": now,
+                                             "updated_at": now}))
+    return incident
+
+
+def request_reinforcement(*, session: Session, runtime: Runtime, actor: Actor,
+                          incident_id: int, unit_type: UnitType | str,
+                          reason: str | None = None, expected_version: int | None = None,
+                          source_ip: str | None = None) -> ReinforcementRequest:
+    """Call another unit to the scene: sends the nearest available and starts its 15 minutes."""
+    try:
+        unit = UnitType(unit_type)
+    except ValueError:
+        raise ValidationFailed("command.error.unknown_unit_type") from None
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        check_transition(incident.state, Action.REQUEST_REINFORCEMENT, actor.role)
+        _require_assigned(session, incident.id, actor)
+        now = runtime.clock.now()
+        people = _claim_nearest(session, incident, unit, REINFORCEMENTS_PER_REQUEST, now)
+        request = ReinforcementRequest(incident_id=incident.id, unit_type=unit, reason=reason,
+                                       requested_by=actor.username, requested_at=now)
+        session.add(request)
+        session.flush()
+        _step(session, runtime, actor, incident, Action.REQUEST_REINFORCEMENT, reason=reason,
+              expected_version=expected_version, source_ip=source_ip,
+              detail={"request_id": request.id, "unit_type": unit.value,
+                      "to": [u for u, _ in people]})
+        for user_id, distance in people:
+            session.add(Assignment(
+                incident_id=incident.id, user_id=user_id, role=ResponseRole.REINFORCEMENT,
+                unit_type=unit, reinforcement_request_id=request.id, distance_m=distance,
+                assigned_by=actor.username, assigned_at=now))
+        _new_deadline(session, incident_id=incident.id, kind=DeadlineKind.REINFORCEMENT,
+                      start=now, due=now + EFFECTIVE_RESPONSE_LIMIT,
+                      reinforcement_request_id=request.id)
+    return request
+
+
+def reinforcement_arrived(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
+                          request_id: int, expected_version: int | None = None,
+                          source_ip: str | None = None) -> ReinforcementRequest:
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        request = session.get(ReinforcementRequest, request_id, populate_existing=True)
+        if request is None or request.incident_id != incident.id:
+            raise NotFound()
+        if request.arrived_at is not None:
+            raise Conflict("command.error.already_arrived")
+        _step(session, runtime, actor, incident, Action.REINFORCEMENT_ARRIVED,
+              expected_version=expected_version, source_ip=source_ip,
+              detail={"request_id": request.id})
+        now = runtime.clock.now()
+        request.arrived_at = now
+        _rowcount(session, update(Deadline).where(
+            Deadline.reinforcement_request_id == request.id, Deadline.state == DeadlineState.OPEN,
+        ).values(state=DeadlineState.MET, settled_at=now, version=Deadline.version + 1))
+        _rowcount(session, update(Assignment).where(
+            Assignment.reinforcement_request_id == request.id, Assignment.on_scene_at.is_(None),
+        ).values(on_scene_at=now))
+    return request
+
+
+def handle(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
+           note: str | None = None, expected_version: int | None = None,
+           source_ip: str | None = None) -> Incident:
+    """The work is done (处置) and reported back (反馈); it now waits for a check."""
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        category = _category(session, incident)
+        context = TransitionContext(actor_id=actor.id,
+                                    on_scene_required=category.on_scene_required)
+        check_transition(incident.state, Action.HANDLE, actor.role, context=context)
+        _require_assigned(session, incident.id, actor)
+        _step(session, runtime, actor, incident, Action.HANDLE, reason=note, context=context,
+              expected_version=expected_version, source_ip=source_ip)
+        if actor.id is not None:
+            session.add(Assignment(incident_id=incident.id, user_id=actor.id,
+                                   role=ResponseRole.HANDLER, assigned_by=actor.username,
+                                   assigned_at=runtime.clock.now()))
+    return incident
+
+
+def check(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
+          note: str | None = None, expected_version: int | None = None,
+          source_ip: str | None = None) -> Incident:
+    """Verify the work (核查); refused to whoever handled it."""
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        context = TransitionContext(
+            actor_id=actor.id,
+            handler_ids=queries.handler_ids(session=session, incident_id=incident.id))
+        _step(session, runtime, actor, incident, Action.CHECK, reason=note, context=context,
+              expected_version=expected_version, source_ip=source_ip)
+        if actor.id is not None:
+            session.add(Assignment(incident_id=incident.id, user_id=actor.id,
+                                   role=ResponseRole.CHECKER, assigned_by=actor.username,
+                                   assigned_at=runtime.clock.now()))
+    return incident
+
+
+def close(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
+          calendar: WorkingCalendar, note: str | None = None,
+          expected_version: int | None = None, source_ip: str | None = None) -> Incident:
+    """Close (结案) at or above the category's tier; a reporter is called back next working day."""
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        category = _category(session, incident)
+        context = TransitionContext(actor_id=actor.id, may_close_at=category.may_close_at)
+        _step(session, runtime, actor, incident, Action.CLOSE, reason=note, context=context,
+              expected_version=expected_version, source_ip=source_ip)
+        if incident.reporter_phone_enc is not None:
+            now = runtime.clock.now()
+            _new_deadline(session, incident_id=incident.id, kind=DeadlineKind.CALLBACK,
+                          start=now, due=calendar.add_working_days(now, CALLBACK_WORKING_DAYS))
+    return incident
+
+
+def callback(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
+             satisfied: bool, note: str | None = None, expected_version: int | None = None,
+             source_ip: str | None = None) -> Incident:
+    """Record the reporter's answer to the callback (回访); an unhappy one may be reopened."""
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        _step(session, runtime, actor, incident, Action.CALLBACK, reason=note,
+              expected_version=expected_version, source_ip=source_ip,
+              values={"satisfied": satisfied}, detail={"satisfied": satisfied})
+    return incident
+
+
+# --- exception paths ---------------------------------------------------------------------------
+
+
+def extend(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
+           calendar: WorkingCalendar, working_days: int, reason: str,
+           expected_version: int | None = None, source_ip: str | None = None) -> Incident:
+    """Extend the handling limit (延时), at most EXTENSION_MAX_WORKING_DAYS in all."""
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        check_transition(incident.state, Action.EXTEND, actor.role, reason=reason)
+        if not 1 <= working_days <= EXTENSION_MAX_WORKING_DAYS - incident.extension_days:
+            raise ValidationFailed("command.error.extension_too_long",
+                                   limit=EXTENSION_MAX_WORKING_DAYS)
+        handling = [d for d in queries.deadlines_of(session=session, incident_id=incident.id,
+                                                    open_only=True)
+                    if d.kind == DeadlineKind.HANDLING]
+        if not handling:
+            raise Conflict("command.error.no_open_deadline")
+        _step(session, runtime, actor, incident, Action.EXTEND, reason=reason,
+              expected_version=expected_version, source_ip=source_ip,
+              values={"extension_days": Incident.extension_days + working_days},
+              detail={"working_days": working_days})
+        for deadline in handling:
+            due = calendar.add_working_days(deadline.due_at, working_days)
+            won = _rowcount(session, update(Deadline).where(
+                Deadline.id == deadline.id, Deadline.version == deadline.version,
+            ).values(due_at=due, warn_at=warn_time(deadline.starts_at, due),
+                     level=DeadlineLevel.NONE, version=Deadline.version + 1))
+            if won != 1:
+                raise Conflict("command.error.concurrent_change")
+    return incident
+
+
+def send_back(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
+              reason: str, calendar: WorkingCalendar | None = None,
+              expected_version: int | None = None, source_ip: str | None = None) -> Incident:
+    """"Not ours" (回退): back to the command centre, within 2 working days of the dispatch."""
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        check_transition(incident.state, Action.SEND_BACK, actor.role, reason=reason)
+        _require_assigned(session, incident.id, actor)
+        now = runtime.clock.now()
+        dispatched = queries.latest_transition_at(session=session, incident_id=incident.id,
+                                                  action=Action.DISPATCH)
+        if calendar is not None and dispatched is not None and now > calendar.add_working_days(
+                dispatched, SEND_BACK_WORKING_DAYS):
+            raise ValidationFailed("command.error.send_back_too_late",
+                                   days=SEND_BACK_WORKING_DAYS)
+        _step(session, runtime, actor, incident, Action.SEND_BACK, reason=reason,
+              expected_version=expected_version, source_ip=source_ip)
+        _new_deadline(session, incident_id=incident.id, kind=DeadlineKind.DISPATCH, start=now,
+                      due=now + CALL_PROCESSING_LIMIT)
+    return incident
+
+
+def void(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int, reason: str,
+         expected_version: int | None = None, source_ip: str | None = None) -> Incident:
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        _step(session, runtime, actor, incident, Action.VOID, reason=reason,
+              expected_version=expected_version, source_ip=source_ip)
+    return incident
+
+
+def merge_duplicate(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
+                    original_id: int, reason: str | None = None,
+                    expected_version: int | None = None,
+                    source_ip: str | None = None) -> Incident:
+    """Fold a duplicate into the original: it is voided and points at the original."""
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        original = session.get(Incident, original_id)
+        if original is None:
+            raise NotFound()
+        if original.id == incident.id or original.state == IncidentState.VOIDED:
+            raise ValidationFailed("command.error.bad_original")
+        _step(session, runtime, actor, incident, Action.MERGE, reason=reason,
+              expected_version=expected_version, source_ip=source_ip,
+              values={"duplicate_of_id": original.id, "needs_duplicate_review": False},
+              detail={"original": original.number})
+    return incident
+
+
+def keep_separate(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
+                  reason: str | None = None, expected_version: int | None = None,
+                  source_ip: str | None = None) -> Incident:
+    """The dispatcher judged a flagged incident not to be a duplicate."""
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        _step(session, runtime, actor, incident, Action.KEEP_SEPARATE, reason=reason,
+              expected_version=expected_version, source_ip=source_ip,
+              values={"needs_duplicate_review": False})
+    return incident
+
+
+def suspend(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int, reason: str,
+            expected_version: int | None = None, source_ip: str | None = None) -> Incident:
+    """Suspend (挂账): every running clock is paused with the time it had left."""
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        _step(session, runtime, actor, incident, Action.SUSPEND, reason=reason,
+              expected_version=expected_version, source_ip=source_ip,
+              values={"state_before_suspend": incident.state})
+        now = runtime.clock.now()
+        for deadline in queries.deadlines_of(session=session, incident_id=incident.id,
+                                             open_only=True):
+            remaining = max(0, int((deadline.due_at - now).total_seconds()))
+            _cas_deadline(session, deadline, state=DeadlineState.PAUSED,
+                          paused_remaining_s=remaining)
+    return incident
+
+
+def resume(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int, reason: str,
+           expected_version: int | None = None, source_ip: str | None = None) -> Incident:
+    """Resume: back to the state before the suspension, the clocks with the time they had."""
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        _step(session, runtime, actor, incident, Action.RESUME, reason=reason,
+              expected_version=expected_version, source_ip=source_ip,
+              values={"state_before_suspend": None})
+        now = runtime.clock.now()
+        paused = session.scalars(select(Deadline).where(
+            Deadline.incident_id == incident.id, Deadline.state == DeadlineState.PAUSED)).all()
+        for deadline in paused:
+            due = now + timedelta(seconds=deadline.paused_remaining_s or 0)
+            warn_gap = deadline.due_at - deadline.warn_at
+            _cas_deadline(session, deadline, state=DeadlineState.OPEN, due_at=due,
+                          warn_at=max(now, due - warn_gap), paused_remaining_s=None)
+    return incident
+
+
+def _cas_deadline(session: Session, deadline: Deadline, **values: Any) -> None:
+    won = _rowcount(session, update(Deadline).where(
+        Deadline.id == deadline.id, Deadline.version == deadline.version,
+    ).values(version=Deadline.version + 1, **values))
+    if won != 1:
+        raise Conflict("command.error.concurrent_change")
+
+
+def supervise(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
+              reason: str, expected_version: int | None = None,
+              source_ip: str | None = None) -> list[Notice]:
+    """督办: a supervision notice to the people on the incident (or the zone's responders)."""
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        _step(session, runtime, actor, incident, Action.SUPERVISE, reason=reason,
+              expected_version=expected_version, source_ip=source_ip)
+        notices = notify(session=session, incident=incident, deadline_id=None,
+                         level=NoticeLevel.SUPERVISION, audience=Audience.RESPONDER,
+                         message_id="command.notice.supervise",
+                         params={"number": incident.number, "reason": reason,
+                                 "by": actor.username},
+                         at=runtime.clock.now())
+    return notices
+
+
+def reopen(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int, reason: str,
+           expected_version: int | None = None, source_ip: str | None = None) -> Incident:
+    """Reopen (重开) a closed incident, e.g. after an unsatisfied callback; it needs dispatching."""
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        _step(session, runtime, actor, incident, Action.REOPEN, reason=reason,
+              expected_version=expected_version, source_ip=source_ip)
+        now = runtime.clock.now()
+        _new_deadline(session, incident_id=incident.id, kind=DeadlineKind.DISPATCH, start=now,
+                      due=now + CALL_PROCESSING_LIMIT)
+    return incident
+
+
+# --- notices (also used by the sweeper) --------------------------------------------------------
+
+
+def notify(*, session: Session, incident: Incident, deadline_id: int | None, level: NoticeLevel,
+           audience: Audience, message_id: str, params: Mapping[str, Any], at: datetime,
+           responder_roles: frozenset[ResponseRole] = FIELD_ROLES) -> list[Notice]:
+    """Notices to an audience: a responder audience means the people on the incident, by name."""
+    users = queries.active_field_user_ids(session=session, incident_id=incident.id,
+                                          roles=responder_roles) \
+        if audience == Audience.RESPONDER else []
+    text = json.dumps(dict(params), ensure_ascii=False, sort_keys=True, default=str)
+    targets: list[tuple[Role | None, int | None]] = [(None, u) for u in users] or [
+        (AUDIENCE_ROLE[audience], None)]
+    notices = [Notice(incident_id=incident.id, deadline_id=deadline_id, level=level,
+                      audience=audience, to_role=role, to_user_id=user_id,
+                      zone_id=incident.zone_id, message_id=message_id, params=text, at=at)
+               for role, user_id in targets]
+    session.add_all(notices)
+    return notices
+
+
+# --- rosters -----------------------------------------------------------------------------------
+
+
+def create_duty_shift(*, session: Session, runtime: Runtime, actor: Actor, user_id: int,
+                      zone_id: int, unit_type: UnitType | str, starts_at: datetime,
+                      ends_at: datetime, source_ip: str | None = None) -> DutyShift:
+    """Put someone on the roster of a zone's unit for a time span."""
+    _require(actor, Permission.INCIDENTS_DISPATCH)
+    try:
+        unit = UnitType(unit_type)
+    except ValueError:
+        raise ValidationFailed("command.error.unknown_unit_type") from None
+    if ends_at <= starts_at:
+        raise ValidationFailed("command.error.bad_shift")
+    with _atomic(session):
+        user = session.get(User, user_id)
+        zone = session.get(Region, zone_id)
+        if user is None or not user.is_active:
+            raise ValidationFailed("command.error.unknown_user")
+        if zone is None or zone.level != RegionLevel.ZONE:
+            raise ValidationFailed("command.error.not_a_zone")
+        shift = DutyShift(user_id=user_id, zone_id=zone_id, unit_type=unit,
+                          starts_at=starts_at, ends_at=ends_at)
+        session.add(shift)
+        session.flush()
+        _audit(session, runtime, actor, "duty_shift:create", "duty_shift", shift.id, source_ip,
+               {"user_id": user_id, "zone_id": zone_id, "unit_type": unit.value,
+                "starts_at": starts_at, "ends_at": ends_at})
+    return shift
+
+
+def update_responder_status(*, session: Session, runtime: Runtime, actor: Actor,
+                            user_id: int | None = None, state: ResponderState | str | None = None,
+                            lon: float | None = None, lat: float | None = None,
+                            source_ip: str | None = None) -> ResponderStatus:
+    """A responder reports availability and/or position; dispatchers may set anyone's.
+
+    Availability changes are audited; a bare position ping is not, because it is telemetry
+    (every 30 s from each phone) and the audit trail would drown in it.
+    """
+    target = user_id if user_id is not None else actor.id
+    if target is None:
+        raise ValidationFailed("command.error.unknown_user")
+    if target != actor.id:
+        _require(actor, Permission.INCIDENTS_DISPATCH)
+    if (lon is None) != (lat is None) or (
+            lon is not None and lat is not None and not (-180 <= lon <= 180 and -90 <= lat <= 90)):
+        raise ValidationFailed("command.error.bad_location")
+    try:
+        new_state = ResponderState(state) if state is not None else None
+    except ValueError:
+        raise ValidationFailed("command.error.bad_responder_state") from None
+    with _atomic(session):
+        now = runtime.clock.now()
+        status = session.get(ResponderStatus, target, populate_existing=True)
+        before = status.state if status is not None else None
+        if status is None:
+            if session.get(User, target) is None:
+                raise ValidationFailed("command.error.unknown_user")
+            status = ResponderStatus(user_id=target, state=new_state or ResponderState.AVAILABLE,
+                                     updated_at=now)
+            session.add(status)
+        elif new_state is not None:
+            status.state = new_state
+        if lon is not None and lat is not None:
+            status.lon, status.lat, status.position_at = lon, lat, now
+        status.updated_at = now
+        session.flush()
+        if status.state != before:
+            _audit(session, runtime, actor, "responder:status", "user", target, source_ip,
+                   {"from": before.value if before else None, "to": status.state.value})
+    return status
