@@ -87,12 +87,24 @@ def seed_demo(runtime: Runtime, *, progress: bool = False) -> dict[str, Any]:
         _seed_building_heads(session, runtime, regions, progress)
         responders = _seed_zone_staff(session, runtime, regions, progress)
         shifts = _seed_rosters(session, runtime, responders, progress)
+        counts_categories = _seed_categories(session, runtime)
         counts = {level.value: len(regions.get(level, [])) for level in RegionLevel}
         counts["users"] = session.scalar(select(func.count(User.id))) or 0
         counts["zone_staff"] = len(responders)
         counts["shifts"] = shifts
+        counts["incident_categories"] = counts_categories
     counts["irrigation"] = _seed_irrigation(runtime, progress)
     return counts
+
+
+def _seed_categories(session: Session, runtime: Runtime) -> int:
+    """The editable default catalogue of incident categories (idempotent, keeps edits)."""
+    from grassroots.command.actions import load_default_categories
+    from grassroots.command.models import IncidentCategory
+    from grassroots.command.states import SystemActor
+
+    load_default_categories(session=session, runtime=runtime, actor=SystemActor("system:seed"))
+    return session.scalar(select(func.count(IncidentCategory.id))) or 0
 
 
 def _seed_irrigation(runtime: Runtime, progress: bool) -> dict[str, Any]:
