@@ -38,8 +38,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
 def _include_routers(app: FastAPI) -> None:
     from grassroots.irrigation import views as irrigation_views
+    from grassroots.irrigation.telemetry import api as telemetry_api
     from grassroots.web import health, regions
 
     app.include_router(health.router)
     app.include_router(regions.router)
     app.include_router(irrigation_views.router)
+    app.include_router(telemetry_api.router)

@@ -168,6 +168,13 @@ def cmd_keys_retire(args: argparse.Namespace, settings: Settings) -> int:
     return cli_retire(settings)
 
 
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from grassroots.irrigation.telemetry.service import cli_ingest
+
+    return cli_ingest(settings, mqtt_host=args.mqtt_host, mqtt_port=args.mqtt_port,
+                      sl651_port=args.sl651_port, modbus=not args.no_modbus)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grassroots", description="基层治理与智慧灌区平台")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -231,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
         "new data key; re-encrypt every registered column (rerun to finish an interrupted run)",
         keys)
     add("retire", cmd_keys_retire, "drop old data keys once no row uses them", keys)
+
+    ingest = add("ingest", cmd_ingest,
+                 "run telemetry ingestion: MQTT, the SL 651 centre station, Modbus polling")
+    ingest.add_argument("--mqtt-host", default="127.0.0.1")
+    ingest.add_argument("--mqtt-port", type=int, default=1883)
+    ingest.add_argument("--sl651-port", type=int, default=5651)
+    ingest.add_argument("--no-modbus", action="store_true")
     return parser
 
 
