@@ -61,7 +61,19 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(summary, ensure_ascii=False))
     if args.no_serve:
         return 0
+    _start_background_sweeper(settings)
     return cmd_serve(args, settings)
+
+
+def _start_background_sweeper(settings: Settings) -> None:
+    """The demo runs the SLA sweeper in-process so clocks escalate without a second command."""
+    import threading
+
+    from grassroots.command.jobs import run_sweeper
+
+    thread = threading.Thread(target=run_sweeper, name="sla-sweeper", daemon=True,
+                              kwargs={"runtime": _runtime(settings), "stop": threading.Event()})
+    thread.start()
 
 
 def _read_password(prompt: str) -> str:
@@ -175,6 +187,21 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
                       sl651_port=args.sl651_port, modbus=not args.no_modbus)
 
 
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Periodic work: the SLA sweeper. Run several; they coordinate through the database."""
+    import signal
+    import threading
+
+    from grassroots.command.jobs import run_sweeper
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print("worker running: SLA sweeper (Ctrl-C stops it)")
+    run_sweeper(runtime=_runtime(settings), stop=stop)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grassroots", description="基层治理与智慧灌区平台")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -239,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         keys)
     add("retire", cmd_keys_retire, "drop old data keys once no row uses them", keys)
 
+    add("worker", cmd_worker, "run periodic jobs: the SLA deadline sweeper and escalations")
     ingest = add("ingest", cmd_ingest,
                  "run telemetry ingestion: MQTT, the SL 651 centre station, Modbus polling")
     ingest.add_argument("--mqtt-host", default="127.0.0.1")
