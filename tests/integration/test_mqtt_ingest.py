@@ -219,6 +219,8 @@ def test_a_database_failure_acknowledges_nothing_so_the_broker_delivers_again(
     healthy = ingestors(client_id=client_id)
     wait_until(lambda: count(session, gate) == 20 * len(QUANTITIES),
                message="redelivered readings stored")
+    # The PUBACKs go out just after the commit, so wait for them rather than race them.
+    wait_until(lambda: healthy.counters.acked >= 20, message="redelivered messages acked")
     assert healthy.counters.acked == 20
 
 
