@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 00:45:08.931726
+Create Date: 2026-11-28 01:40:51.409706
 """
 from __future__ import annotations
 
@@ -107,6 +107,20 @@ def upgrade() -> None:
     with op.batch_alter_table('irr_canal', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_irr_canal_parent_id'), ['parent_id'], unique=False)
 
+    op.create_table('open311_client',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('name', sa.String(length=100), nullable=False),
+    sa.Column('key_prefix', sa.String(length=16), nullable=False),
+    sa.Column('key_hash', sa.String(length=64), nullable=False),
+    sa.Column('created_by', sa.String(length=120), nullable=False),
+    sa.Column('created_at', grassroots.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('revoked_at', grassroots.db.UTCDateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_open311_client')),
+    sa.UniqueConstraint('key_hash', name=op.f('uq_open311_client_key_hash'))
+    )
+    with op.batch_alter_table('open311_client', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_open311_client_name'), ['name'], unique=False)
+
     op.create_table('region',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('code', sa.String(length=40), nullable=False),
@@ -191,6 +205,8 @@ def upgrade() -> None:
     sa.Column('handled_at', grassroots.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('closed_at', grassroots.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('request_fingerprint', sa.String(length=64), nullable=True),
+    sa.Column('police_ref', sa.String(length=60), nullable=True),
     sa.ForeignKeyConstraint(['category_id'], ['incident_category.id'], name=op.f('fk_incident_category_id_incident_category')),
     sa.ForeignKeyConstraint(['duplicate_of_id'], ['incident.id'], name=op.f('fk_incident_duplicate_of_id_incident')),
     sa.ForeignKeyConstraint(['grid_id'], ['region.id'], name=op.f('fk_incident_grid_id_region')),
@@ -207,6 +223,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_incident_external_ref'), ['external_ref'], unique=False)
         batch_op.create_index(batch_op.f('ix_incident_grid_id'), ['grid_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_incident_micro_grid_id'), ['micro_grid_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_incident_police_ref'), ['police_ref'], unique=False)
         batch_op.create_index(batch_op.f('ix_incident_received_at'), ['received_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_incident_region_path'), ['region_path'], unique=False)
         batch_op.create_index(batch_op.f('ix_incident_reporter_phone_index'), ['reporter_phone_index'], unique=False)
@@ -286,6 +303,28 @@ def upgrade() -> None:
     with op.batch_alter_table('duty_shift', schema=None) as batch_op:
         batch_op.create_index('ix_duty_shift_lookup', ['zone_id', 'unit_type', 'starts_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_duty_shift_user_id'), ['user_id'], unique=False)
+
+    op.create_table('incident_photo',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('incident_id', sa.Integer(), nullable=False),
+    sa.Column('stage', sa.Enum('report', 'result', name='photostage', native_enum=False, length=20), nullable=False),
+    sa.Column('stored_path', sa.String(length=300), nullable=False),
+    sa.Column('content_type', sa.String(length=40), nullable=False),
+    sa.Column('size_bytes', sa.Integer(), nullable=False),
+    sa.Column('sha256', sa.String(length=64), nullable=False),
+    sa.Column('width', sa.Integer(), nullable=True),
+    sa.Column('height', sa.Integer(), nullable=True),
+    sa.Column('uploaded_by', sa.String(length=120), nullable=False),
+    sa.Column('uploaded_by_id', sa.Integer(), nullable=True),
+    sa.Column('uploaded_at', grassroots.db.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['incident_id'], ['incident.id'], name=op.f('fk_incident_photo_incident_id_incident')),
+    sa.ForeignKeyConstraint(['uploaded_by_id'], ['app_user.id'], name=op.f('fk_incident_photo_uploaded_by_id_app_user')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_incident_photo')),
+    sa.UniqueConstraint('stored_path', name=op.f('uq_incident_photo_stored_path'))
+    )
+    with op.batch_alter_table('incident_photo', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_incident_photo_incident_id'), ['incident_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_incident_photo_sha256'), ['sha256'], unique=False)
 
     op.create_table('incident_transition',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -419,6 +458,21 @@ def upgrade() -> None:
     with op.batch_alter_table('login_session', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_login_session_user_id'), ['user_id'], unique=False)
 
+    op.create_table('open311_request',
+    sa.Column('incident_id', sa.Integer(), nullable=False),
+    sa.Column('client_id', sa.Integer(), nullable=False),
+    sa.Column('address_id', sa.String(length=120), nullable=True),
+    sa.Column('media_url', sa.String(length=1000), nullable=True),
+    sa.Column('account_id', sa.String(length=120), nullable=True),
+    sa.Column('email_enc', sa.String(length=600), nullable=True),
+    sa.Column('device_id_enc', sa.String(length=600), nullable=True),
+    sa.ForeignKeyConstraint(['client_id'], ['open311_client.id'], name=op.f('fk_open311_request_client_id_open311_client')),
+    sa.ForeignKeyConstraint(['incident_id'], ['incident.id'], name=op.f('fk_open311_request_incident_id_incident')),
+    sa.PrimaryKeyConstraint('incident_id', name=op.f('pk_open311_request'))
+    )
+    with op.batch_alter_table('open311_request', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_open311_request_client_id'), ['client_id'], unique=False)
+
     op.create_table('reinforcement_request',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('incident_id', sa.Integer(), nullable=False),
@@ -543,6 +597,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_reinforcement_request_incident_id'))
 
     op.drop_table('reinforcement_request')
+    with op.batch_alter_table('open311_request', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_open311_request_client_id'))
+
+    op.drop_table('open311_request')
     with op.batch_alter_table('login_session', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_login_session_user_id'))
 
@@ -576,6 +634,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_incident_transition_incident_id'))
 
     op.drop_table('incident_transition')
+    with op.batch_alter_table('incident_photo', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_incident_photo_sha256'))
+        batch_op.drop_index(batch_op.f('ix_incident_photo_incident_id'))
+
+    op.drop_table('incident_photo')
     with op.batch_alter_table('duty_shift', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_duty_shift_user_id'))
         batch_op.drop_index('ix_duty_shift_lookup')
@@ -601,6 +664,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_incident_reporter_phone_index'))
         batch_op.drop_index(batch_op.f('ix_incident_region_path'))
         batch_op.drop_index(batch_op.f('ix_incident_received_at'))
+        batch_op.drop_index(batch_op.f('ix_incident_police_ref'))
         batch_op.drop_index(batch_op.f('ix_incident_micro_grid_id'))
         batch_op.drop_index(batch_op.f('ix_incident_grid_id'))
         batch_op.drop_index(batch_op.f('ix_incident_external_ref'))
@@ -619,6 +683,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_region_parent_id'))
 
     op.drop_table('region')
+    with op.batch_alter_table('open311_client', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_open311_client_name'))
+
+    op.drop_table('open311_client')
     with op.batch_alter_table('irr_canal', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_irr_canal_parent_id'))
 

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from grassroots import __version__
+from grassroots.command.open311.api import install_open311_error_handling
 from grassroots.runtime import Runtime
 from grassroots.settings import Settings, get_settings
 from grassroots.web.auth import install_auth
@@ -32,11 +33,18 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.mount("/static", StaticFiles(directory=static_dir), name="static")
     install_error_handlers(app)
     install_auth(app)
+    install_open311_error_handling(app)
     _include_routers(app)
     return app
 
 
 def _include_routers(app: FastAPI) -> None:
+    from grassroots.command import admin as command_admin
+    from grassroots.command import api as command_api
+    from grassroots.command import views as command_views
+    from grassroots.command import field as command_field
+    from grassroots.command import media as command_media
+    from grassroots.command.open311.api import router as open311_router
     from grassroots.irrigation import views as irrigation_views
     from grassroots.irrigation.telemetry import api as telemetry_api
     from grassroots.web import health, regions
@@ -45,3 +53,9 @@ def _include_routers(app: FastAPI) -> None:
     app.include_router(regions.router)
     app.include_router(irrigation_views.router)
     app.include_router(telemetry_api.router)
+    app.include_router(open311_router)
+    app.include_router(command_media.router)
+    app.include_router(command_field.router)
+    app.include_router(command_admin.router)
+    app.include_router(command_api.router)
+    app.include_router(command_views.router)

@@ -9,21 +9,24 @@ hold uncommitted writes of its own in the session it passes in.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import CursorResult, Update, exists, select, update
+from pydantic import ValidationError
+from sqlalchemy import CursorResult, Update, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from grassroots.command import queries
 from grassroots.command.categories import (
+    CategorySpec,
     apply_changes,
     attributes_of,
     read_default_catalogue,
@@ -42,6 +45,12 @@ from grassroots.command.models import (
     Notice,
     ReinforcementRequest,
     ResponderStatus,
+)
+from grassroots.command.police import (
+    TRANSFER_TO_POLICE,
+    PoliceDesk,
+    PoliceDeskUnavailable,
+    PoliceTransfer,
 )
 from grassroots.command.states import (
     AUDIENCE_ROLE,
@@ -85,8 +94,10 @@ from grassroots.command.states import (
 from grassroots.kernel.audit import record
 from grassroots.kernel.auth.models import User
 from grassroots.kernel.auth.roles import Permission, Role, has_permission
+from grassroots.kernel.auth.scope import path_in_scope, scope_path
 from grassroots.kernel.clock import to_display
 from grassroots.kernel.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from grassroots.kernel.personal import reveal
 from grassroots.kernel.regions.models import Region, RegionLevel
 
 if TYPE_CHECKING:
@@ -349,6 +360,52 @@ def update_category(*, session: Session, runtime: Runtime, actor: Actor, code: s
     return category
 
 
+def create_category(*, session: Session, runtime: Runtime, actor: Actor, major_code: str,
+                    spec: Mapping[str, Any], major_name_zh: str | None = None,
+                    major_name_en: str | None = None,
+                    source_ip: str | None = None) -> IncidentCategory:
+    """Add a minor class (spec field names) under a major class; a new major class needs names.
+
+    An existing major class keeps its names; the new class is listed after its siblings.
+    """
+    _require(actor, Permission.CATEGORIES_EDIT)
+    try:
+        checked = CategorySpec.model_validate(dict(spec))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ValidationFailed("command.error.bad_category",
+                               detail=f"{where}: {first['msg']}" if where else first["msg"],
+                               ) from None
+    if checked.code.split(".", 1)[0] != major_code:
+        raise ValidationFailed("command.error.category_not_in_major", code=checked.code,
+                               major=major_code)
+    with _atomic(session):
+        if queries.get_category(session=session, code=checked.code) is not None:
+            raise Conflict("command.error.category_exists", code=checked.code)
+        sibling = session.scalars(select(IncidentCategory).where(
+            IncidentCategory.major_code == major_code)
+            .order_by(IncidentCategory.sort_order.desc())).first()
+        if sibling is not None:
+            names = (sibling.major_name_zh, sibling.major_name_en)
+            order = sibling.sort_order + 1
+        else:
+            names = ((major_name_zh or "").strip(), (major_name_en or "").strip())
+            if not all(names) or len(names[0]) > 60 or len(names[1]) > 80:
+                raise ValidationFailed("command.error.major_names_required")
+            last = session.scalar(select(func.max(IncidentCategory.sort_order))) or 0
+            order = (last // 10 + 1) * 10
+        category = IncidentCategory(major_code=major_code, major_name_zh=names[0],
+                                    major_name_en=names[1], sort_order=order, version=1,
+                                    updated_at=runtime.clock.now(), **row_values(checked))
+        session.add(category)
+        session.flush()
+        _audit(session, runtime, actor, "category:create", "category", category.id, source_ip,
+               {"code": checked.code, "major_code": major_code,
+                "spec": checked.model_dump(mode="json")})
+    return category
+
+
 # --- intake ------------------------------------------------------------------------------------
 
 
@@ -406,13 +463,15 @@ def intake(*, session: Session, runtime: Runtime, actor: Actor, channel: Channel
            reporter_name: str | None = None, attributes: Mapping[str, Any] | None = None,
            urgency: int | None = None, received_at: datetime | None = None,
            auto_register: bool = True, auto_dispatch: bool = True,
-           source_ip: str | None = None) -> IntakeResult:
+           source_ip: str | None = None, fingerprint: str | None = None) -> IntakeResult:
     """The one way in for every channel: record, locate, flag duplicates, register, dispatch.
 
     auto_register=False leaves it received for the centre to verify first (collect → verify →
     register); auto_dispatch=False registers it but leaves dispatching to a person. A retry
     with the same idempotency key (per channel and client) returns the first incident and
     writes nothing. `locator(lon, lat)` returns regions deepest first (or None outside).
+    `fingerprint` (see request_fingerprint) is stored with the incident; a retry whose
+    fingerprint differs from the stored one is refused instead of returning the first incident.
     """
     _require(actor, Permission.INCIDENTS_REPORT)
     try:
@@ -426,11 +485,16 @@ def intake(*, session: Session, runtime: Runtime, actor: Actor, channel: Channel
                 existing = queries.find_by_idempotency_key(
                     session=session, channel=channel, client_ref=client, key=idempotency_key)
                 if existing is not None:
+                    _same_request(existing, fingerprint)
                     return IntakeResult(incident=existing, created=False)
-            return _intake(session, runtime, actor, channel, client, category_code, calendar,
-                           locator, lon, lat, address_text, description, title, idempotency_key,
-                           external_ref, reporter_phone, reporter_name, attributes, urgency,
-                           received_at, auto_register, auto_dispatch, source_ip)
+            result = _intake(session, runtime, actor, channel, client, category_code, calendar,
+                             locator, lon, lat, address_text, description, title,
+                             idempotency_key, external_ref, reporter_phone, reporter_name,
+                             attributes, urgency, received_at, auto_register, auto_dispatch,
+                             source_ip)
+            if fingerprint:
+                result.incident.request_fingerprint = fingerprint
+            return result
     except IntegrityError:
         # Two submissions with one key raced; the loser returns the winner's incident.
         if not idempotency_key:
@@ -440,7 +504,22 @@ def intake(*, session: Session, runtime: Runtime, actor: Actor, channel: Channel
         session.commit()
         if existing is None:
             raise
+        _same_request(existing, fingerprint)
         return IntakeResult(incident=existing, created=False)
+
+
+def request_fingerprint(payload: Mapping[str, Any]) -> str:
+    """A stable hash of a submission's content, for telling a true retry from a reused key."""
+    text = json.dumps(dict(payload), ensure_ascii=False, sort_keys=True, default=str,
+                      separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _same_request(existing: Incident, fingerprint: str | None) -> None:
+    # An incident stored without a fingerprint cannot be compared; it counts as the same.
+    if fingerprint and existing.request_fingerprint and (
+            existing.request_fingerprint != fingerprint):
+        raise ValidationFailed("command.error.idempotency_key_reused", number=existing.number)
 
 
 def _intake(session: Session, runtime: Runtime, actor: Actor, channel: Channel, client: str,
@@ -1029,3 +1108,282 @@ def update_responder_status(*, session: Session, runtime: Runtime, actor: Actor,
             _audit(session, runtime, actor, "responder:status", "user", target, source_ip,
                    {"from": before.value if before else None, "to": status.state.value})
     return status
+
+
+# --- 12345 ↔ 110 transfers ---------------------------------------------------------------------
+
+POLICE_CLIENT = "police_110"  # the 110 desk, as the client of an incident it hands over
+POLICE_REF_MAX_CHARS = 60
+
+
+def _police_ref(reference: str | None) -> str:
+    ref = (reference or "").strip()
+    if not ref or len(ref) > POLICE_REF_MAX_CHARS:
+        raise ValidationFailed("command.error.police_ref_required")
+    return ref
+
+
+def receive_from_police(*, session: Session, runtime: Runtime, actor: Actor, police_ref: str,
+                        category_code: str, calendar: WorkingCalendar,
+                        locator: Locator | None = None, fingerprint: str | None = None,
+                        **fields: Any) -> IntakeResult:
+    """Take in an incident 110 handed over (非警务警情), keyed by 110's reference number.
+
+    The reference is the idempotency key with the 110 desk as the client, so the same hand-over
+    entered twice (a double click, or two dispatchers) is one incident; entered again with
+    different content it is refused, naming the incident it already became. Only people who
+    dispatch may record a hand-over. `fields` are intake's other keywords.
+    """
+    _require(actor, Permission.INCIDENTS_DISPATCH)
+    ref = _police_ref(police_ref)
+    existing = queries.find_by_idempotency_key(session=session, channel=Channel.POLICE_110,
+                                               client_ref=POLICE_CLIENT, key=ref)
+    if existing is not None and fingerprint and existing.request_fingerprint and (
+            existing.request_fingerprint != fingerprint):
+        raise ValidationFailed("command.error.police_ref_taken", ref=ref, number=existing.number)
+    return intake(session=session, runtime=runtime, actor=actor, channel=Channel.POLICE_110,
+                  category_code=category_code, calendar=calendar, locator=locator,
+                  idempotency_key=ref, client_ref=POLICE_CLIENT, external_ref=ref,
+                  fingerprint=fingerprint, **fields)
+
+
+def transfer_to_police(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
+                       desk: PoliceDesk, reason: str | None = None,
+                       expected_version: int | None = None,
+                       source_ip: str | None = None) -> Incident:
+    """Hand a police-work incident (category is_police) to 110 and keep the desk's reference.
+
+    Transferring is how police work is dispatched, so the dispatch row of the transition table
+    decides who may do it and from which states; the incident becomes dispatched (to 110), its
+    dispatch clock is met and no local clocks start, since the police run their own. The row is
+    changed first and the desk called after, so a lost race never sends anything; if the desk
+    fails, nothing is recorded.
+    """
+    _require(actor, Permission.INCIDENTS_DISPATCH)
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        category = _category(session, incident)
+        if not category.is_police:
+            raise ValidationFailed("command.error.not_police_work")
+        if incident.police_ref:
+            raise Conflict("command.error.already_with_police", ref=incident.police_ref)
+        check_transition(incident.state, Action.DISPATCH, actor.role, reason=reason)
+        if expected_version is not None and expected_version != incident.version:
+            raise Conflict("command.error.concurrent_change")
+        now = runtime.clock.now()
+        from_state = incident.state
+        changes: dict[str, Any] = {"state": IncidentState.DISPATCHED,
+                                   "version": Incident.version + 1}
+        if incident.dispatched_at is None:
+            changes["dispatched_at"] = now
+        won = _rowcount(session, update(Incident).where(
+            Incident.id == incident.id, Incident.version == incident.version).values(**changes))
+        if won != 1:
+            raise Conflict("command.error.concurrent_change")
+        phone = runtime.crypto.decrypt(incident.reporter_phone_enc,
+                                       context=queries.PHONE_CONTEXT) \
+            if incident.reporter_phone_enc else None
+        sent = PoliceTransfer(
+            incident_number=incident.number, category_code=category.code,
+            category_name=category.name_zh, title=incident.title,
+            description=incident.description, lon=incident.lon, lat=incident.lat,
+            address_text=incident.address_text, reporter_phone=phone, reason=reason,
+            sent_at=now)
+        try:
+            reference = desk.transfer(sent)
+        except PoliceDeskUnavailable:
+            raise
+        except Exception as exc:
+            raise PoliceDeskUnavailable() from exc
+        reference = _police_ref(reference)
+        _rowcount(session, update(Incident).where(Incident.id == incident.id)
+                  .values(police_ref=reference))
+        details = {"from": from_state.value, "to": IncidentState.DISPATCHED.value,
+                   "police_ref": reference, "desk": type(desk).__name__,
+                   "reporter_phone_sent": phone is not None}
+        session.add(IncidentTransition(
+            incident_id=incident.id, from_state=from_state, to_state=IncidentState.DISPATCHED,
+            action=TRANSFER_TO_POLICE, reason=reason, actor=actor.username, actor_id=actor.id,
+            at=now, detail=json.dumps(details, ensure_ascii=False, sort_keys=True)))
+        _audit(session, runtime, actor, f"incident:transition:{TRANSFER_TO_POLICE}", "incident",
+               incident.id, source_ip, {"number": incident.number, "reason": reason, **details})
+        for kinds, settled in DEADLINE_EFFECTS.get(Action.DISPATCH, ()):
+            _settle(session, incident.id, kinds, settled, now)
+        _release_keeping(session, incident.id, RELEASES[Action.DISPATCH], now, ())
+        session.refresh(incident)
+    return incident
+
+
+# --- personal data -----------------------------------------------------------------------------
+
+
+def reveal_reporter_phone(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
+                          reason: str, source_ip: str | None = None) -> str:
+    """The reporter's full phone number for someone allowed to unmask it, logged with the reason.
+
+    The caller has checked the incident is in the actor's data scope.
+    """
+    _require(actor, Permission.PERSONAL_DATA_UNMASK)
+    if actor.role is None:
+        raise PermissionDenied()  # a person states the reason, never a process
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        if incident.reporter_phone_enc is None:
+            raise NotFound("command.error.no_reporter_phone")
+        return reveal(session, runtime=runtime, actor=actor.username,
+                      field_context=queries.PHONE_CONTEXT, object_type="incident",
+                      object_id=incident.id, ciphertext=incident.reporter_phone_enc,
+                      reason=reason, source_ip=source_ip)
+
+
+# --- one entry by name, for the API and the pages ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """What a person submits with an action; each action reads the fields it needs."""
+
+    reason: str | None = None
+    expected_version: int | None = None
+    user_ids: tuple[int, ...] = ()
+    unit_type: str | None = None
+    request_id: int | None = None
+    satisfied: bool | None = None
+    working_days: int | None = None
+    original_id: int | None = None
+    lon: float | None = None
+    lat: float | None = None
+
+
+@dataclass(frozen=True)
+class _Call:
+    session: Session
+    runtime: Runtime
+    actor: Actor
+    incident_id: int
+    request: StepRequest
+    calendar: WorkingCalendar
+    desk: PoliceDesk | None
+    source_ip: str | None
+
+    def common(self) -> dict[str, Any]:
+        return {"session": self.session, "runtime": self.runtime, "actor": self.actor,
+                "incident_id": self.incident_id,
+                "expected_version": self.request.expected_version, "source_ip": self.source_ip}
+
+    @property
+    def text(self) -> str:
+        return self.request.reason or ""
+
+
+def _needed(value: Any, name: str) -> Any:
+    if value is None:
+        raise ValidationFailed("command.error.field_required", field=name)
+    return value
+
+
+def _transfer(c: _Call) -> Incident:
+    desk: PoliceDesk = _needed(c.desk, "police_desk")
+    return transfer_to_police(**c.common(), desk=desk, reason=c.request.reason)
+
+
+_STEPS: dict[str, Callable[[_Call], object]] = {
+    "register": lambda c: register(**c.common()),
+    "dispatch": lambda c: dispatch(**c.common(), calendar=c.calendar,
+                                   user_ids=list(c.request.user_ids) or None,
+                                   reason=c.request.reason),
+    "accept": lambda c: accept(**c.common()),
+    "arrive": lambda c: arrive(**c.common(), lon=c.request.lon, lat=c.request.lat),
+    "request_reinforcement": lambda c: request_reinforcement(
+        **c.common(), unit_type=_needed(c.request.unit_type, "unit_type"),
+        reason=c.request.reason),
+    "reinforcement_arrived": lambda c: reinforcement_arrived(
+        **c.common(), request_id=_needed(c.request.request_id, "request_id")),
+    "handle": lambda c: handle(**c.common(), note=c.request.reason),
+    "check": lambda c: check(**c.common(), note=c.request.reason),
+    "close": lambda c: close(**c.common(), calendar=c.calendar, note=c.request.reason),
+    "callback": lambda c: callback(**c.common(), satisfied=_needed(c.request.satisfied,
+                                                                   "satisfied"),
+                                   note=c.request.reason),
+    "extend": lambda c: extend(**c.common(), calendar=c.calendar, reason=c.text,
+                               working_days=_needed(c.request.working_days, "working_days")),
+    "send_back": lambda c: send_back(**c.common(), reason=c.text, calendar=c.calendar),
+    "void": lambda c: void(**c.common(), reason=c.text),
+    "suspend": lambda c: suspend(**c.common(), reason=c.text),
+    "resume": lambda c: resume(**c.common(), reason=c.text),
+    "supervise": lambda c: supervise(**c.common(), reason=c.text),
+    "reopen": lambda c: reopen(**c.common(), reason=c.text),
+    "merge_duplicate": lambda c: merge_duplicate(
+        **c.common(), original_id=_needed(c.request.original_id, "original_id"),
+        reason=c.request.reason),
+    "keep_separate": lambda c: keep_separate(**c.common(), reason=c.request.reason),
+    TRANSFER_TO_POLICE: _transfer,
+}
+# The names the API and the pages accept: the table's actions ("merge" is spelt out) plus the
+# transfer to 110.
+STEP_NAMES: tuple[str, ...] = tuple(_STEPS)
+STEP_ACTIONS: dict[str, str] = {name: ("merge" if name == "merge_duplicate" else name)
+                                for name in STEP_NAMES}
+
+
+def take_action(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
+                action: str, request: StepRequest, calendar: WorkingCalendar,
+                police_desk: PoliceDesk | None = None, source_ip: str | None = None) -> None:
+    """Run one of STEP_NAMES on an incident; an unknown name is NotFound."""
+    step = _STEPS.get(action)
+    if step is None:
+        raise NotFound("command.error.unknown_action", action=action)
+    step(_Call(session, runtime, actor, incident_id, request, calendar, police_desk, source_ip))
+
+
+# --- the dispatcher's and the API's entry --------------------------------------------------------
+
+# Channels a person or client may name when entering an incident directly; the others belong to
+# their own front doors (Open311, the grid worker's phone page, irrigation alarms …).
+ENTRY_CHANNELS = frozenset({Channel.API, Channel.PHONE, Channel.POLICE_110})
+# Calls taken by the centre: only people who dispatch may record them.
+CENTRE_CHANNELS = frozenset({Channel.PHONE, Channel.POLICE_110})
+
+
+def enter_incident(*, session: Session, runtime: Runtime, actor: User, channel: Channel | str,
+                   category_code: str, calendar: WorkingCalendar, locator: Locator | None,
+                   lon: float | None = None, lat: float | None = None,
+                   address_text: str | None = None, description: str = "",
+                   reporter_phone: str | None = None, reporter_name: str | None = None,
+                   attributes: Mapping[str, Any] | None = None, urgency: int | None = None,
+                   idempotency_key: str | None = None, police_ref: str | None = None,
+                   fingerprint: str | None = None,
+                   source_ip: str | None = None) -> IntakeResult:
+    """A report typed in by a person (phone call, 110 hand-over) or sent by an API client.
+
+    Phone calls and 110 hand-overs are the centre's to record. A point located in a region
+    outside the person's data scope is refused, since they could not follow it up (a point
+    outside every region is the centre's, and allowed). A 110 hand-over is keyed by its
+    reference number (receive_from_police); everything else by the caller's idempotency key.
+    """
+    try:
+        chosen = Channel(channel)
+    except ValueError:
+        raise ValidationFailed("command.error.unknown_channel", channel=channel) from None
+    if chosen not in ENTRY_CHANNELS:
+        raise ValidationFailed("command.error.unknown_channel", channel=chosen.value)
+    who = cast(Actor, actor)  # a User is an Actor; mypy cannot read Mapped[] columns as values
+    if chosen in CENTRE_CHANNELS:
+        _require(who, Permission.INCIDENTS_DISPATCH)
+    if lon is not None and lat is not None and locator is not None:
+        found = locator(lon, lat)
+        if found and not path_in_scope(scope_path(session, actor), found[0].path):
+            raise ValidationFailed("command.error.location_outside_scope")
+    fields: dict[str, Any] = {
+        "lon": lon, "lat": lat, "address_text": address_text or None,
+        "description": description, "reporter_phone": reporter_phone or None,
+        "reporter_name": reporter_name or None, "attributes": attributes, "urgency": urgency,
+        "source_ip": source_ip}
+    if chosen == Channel.POLICE_110:
+        return receive_from_police(session=session, runtime=runtime, actor=who,
+                                   police_ref=police_ref or "", category_code=category_code,
+                                   calendar=calendar, locator=locator, fingerprint=fingerprint,
+                                   **fields)
+    return intake(session=session, runtime=runtime, actor=who, channel=chosen,
+                  category_code=category_code, calendar=calendar, locator=locator,
+                  idempotency_key=idempotency_key or None, fingerprint=fingerprint, **fields)

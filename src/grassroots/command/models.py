@@ -127,6 +127,10 @@ class Incident(Base):
     handled_at: Mapped[datetime | None]
     closed_at: Mapped[datetime | None]
     version: Mapped[int] = mapped_column(Integer, default=1)  # compare-and-set on every change
+    # A hash of the submitted payload, so a reused idempotency key with other content is refused.
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    # The reference 110's desk gave when the centre transferred this police matter to them.
+    police_ref: Mapped[str | None] = mapped_column(String(60), index=True)
 
 
 class IncidentTransition(Base):
@@ -253,3 +257,29 @@ class ResponderStatus(Base):
     position_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
 
+
+
+class PhotoStage(enum.StrEnum):
+    """When a photo was taken: with the report, or as proof of the handled result."""
+
+    REPORT = "report"
+    RESULT = "result"
+
+
+class IncidentPhoto(Base):
+    """A photo of an incident; the bytes live on disk under settings.upload_dir (command.media)."""
+
+    __tablename__ = "incident_photo"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incident.id"), index=True)
+    stage: Mapped[PhotoStage] = mapped_column(_enum(PhotoStage, 20))
+    stored_path: Mapped[str] = mapped_column(String(300), unique=True)  # relative to upload_dir
+    content_type: Mapped[str] = mapped_column(String(40))  # from the magic bytes, not the client
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    uploaded_by: Mapped[str] = mapped_column(String(120))
+    uploaded_by_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
+    uploaded_at: Mapped[datetime]

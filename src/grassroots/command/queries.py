@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import enum
+import json
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from grassroots.command.models import (
@@ -21,20 +24,33 @@ from grassroots.command.models import (
     ReinforcementRequest,
     ResponderStatus,
 )
+from grassroots.command.police import TRANSFER_TO_POLICE
 from grassroots.command.states import (
     FIELD_ROLES,
+    OPEN_STATES,
     POSITION_STALE_AFTER,
+    TRANSITIONS,
+    Action,
+    DeadlineKind,
+    DeadlineLevel,
     DeadlineState,
     IncidentState,
     ResponderState,
     ResponseRole,
+    TransitionContext,
     UnitType,
+    check_transition,
     haversine_m,
     normalize_phone,
 )
 from grassroots.kernel.auth.models import User
-from grassroots.kernel.auth.scope import scope_clause, scope_path
+from grassroots.kernel.auth.roles import Permission, Role, has_permission
+from grassroots.kernel.auth.scope import path_in_scope, scope_clause, scope_path
+from grassroots.kernel.clock import to_display
 from grassroots.kernel.crypto import CryptoProvider
+from grassroots.kernel.errors import GrassrootsError, NotFound
+from grassroots.kernel.personal import mask_name, mask_phone
+from grassroots.kernel.regions.models import Region
 
 PHONE_CONTEXT = "incident.reporter_phone"
 NAME_CONTEXT = "incident.reporter_name"
@@ -230,3 +246,434 @@ def latest_transition_at(*, session: Session, incident_id: int, action: str) -> 
     return session.scalars(select(IncidentTransition.at).where(
         IncidentTransition.incident_id == incident_id, IncidentTransition.action == action)
         .order_by(IncidentTransition.id.desc()).limit(1)).first()
+
+
+def incidents_reported_by(*, session: Session, username: str, limit: int = 20) -> list[Incident]:
+    """The incidents a person submitted (created_by), newest first."""
+    return list(session.scalars(select(Incident).where(Incident.created_by == username)
+                                .order_by(Incident.received_at.desc(), Incident.id.desc())
+                                .limit(limit)))
+
+
+def field_work_of(*, session: Session, user_id: int,
+                  roles: Collection[ResponseRole] = FIELD_ROLES) -> list[Incident]:
+    """Open incidents the person is sent to now (an active field assignment), oldest first."""
+    sent_to = select(Assignment.incident_id).where(
+        Assignment.user_id == user_id, Assignment.ended_at.is_(None),
+        Assignment.role.in_(list(roles)))
+    return list(session.scalars(select(Incident).where(
+        Incident.id.in_(sent_to), Incident.state.not_in([IncidentState.CLOSED,
+                                                         IncidentState.VOIDED]))
+        .order_by(Incident.received_at, Incident.id)))
+
+
+# --- the dispatcher's views: scope, queue, detail, timeline, responders -------------------------
+
+_FIELD_RESPONDER_ROLES = frozenset({Role.ZONE_RESPONDER, Role.GRID_WORKER})
+# A field responder takes these only on incidents they are sent to (actions._require_assigned).
+ASSIGNED_ONLY = frozenset({Action.ACCEPT, Action.ARRIVE, Action.REQUEST_REINFORCEMENT,
+                           Action.HANDLE, Action.SEND_BACK})
+QUEUE_LIMIT = 300
+
+
+def incident_scope(session: Session, user: User) -> ColumnElement[bool]:
+    """The incidents a user may see: those in their data scope, those they reported and those
+    they were ever sent to (a responder dispatched across a zone line must read what they act on).
+
+    An incident outside every region (an address with no point yet) belongs to the command
+    centre, so the centre's people (who dispatch or supervise) see it too; everyone else needs
+    it located in their scope.
+    """
+    clause = or_(scope_clause(scope_path(session, user), Incident.region_path),
+                 Incident.created_by == user.username,
+                 exists().where(Assignment.incident_id == Incident.id,
+                                Assignment.user_id == user.id))
+    if _centre(user):
+        clause = or_(clause, Incident.region_path == "")
+    return clause
+
+
+def _centre(user: User) -> bool:
+    return has_permission(user.role, Permission.INCIDENTS_DISPATCH) or has_permission(
+        user.role, Permission.INCIDENTS_SUPERVISE)
+
+
+def incident_visible(session: Session, user: User, incident: Incident) -> bool:
+    """incident_scope for one incident already loaded."""
+    if incident.region_path == "" and _centre(user):
+        return True
+    if path_in_scope(scope_path(session, user), incident.region_path):
+        return True
+    if incident.created_by == user.username:
+        return True
+    return bool(session.scalar(select(exists().where(
+        Assignment.incident_id == incident.id, Assignment.user_id == user.id))))
+
+
+def incident_for(*, session: Session, user: User, incident_id: int) -> Incident:
+    """The incident if the user may see it; else NotFound, so out-of-scope ids cannot be probed."""
+    incident = session.get(Incident, incident_id, populate_existing=True)
+    if incident is None or not incident_visible(session, user, incident):
+        raise NotFound()
+    return incident
+
+
+def search_incidents(*, session: Session, user: User,
+                     states: Collection[IncidentState] | None = None,
+                     category_code: str | None = None, zone_id: int | None = None,
+                     urgency: int | None = None, limit: int = 50,
+                     offset: int = 0) -> tuple[list[Incident], int]:
+    """A page of the incidents the user may see, newest first, and how many match in all."""
+    stmt = select(Incident).where(incident_scope(session, user))
+    if states:
+        stmt = stmt.where(Incident.state.in_(list(states)))
+    if category_code:
+        stmt = stmt.join(IncidentCategory, IncidentCategory.id == Incident.category_id).where(
+            IncidentCategory.code == category_code)
+    if zone_id is not None:
+        stmt = stmt.where(Incident.zone_id == zone_id)
+    if urgency is not None:
+        stmt = stmt.where(Incident.urgency == urgency)
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = session.scalars(stmt.order_by(Incident.received_at.desc(), Incident.id.desc())
+                           .limit(limit).offset(offset))
+    return list(rows), total
+
+
+class ClockLevel(enum.StrEnum):
+    """How a clock stands, for colours: ok, warn (the warning share has gone), breached."""
+
+    OK = "ok"
+    WARN = "warn"
+    BREACHED = "breached"
+
+
+def clock_level(deadline: Deadline, now: datetime) -> ClockLevel:
+    if deadline.level == DeadlineLevel.BREACHED or now >= deadline.due_at:
+        return ClockLevel.BREACHED
+    if deadline.level == DeadlineLevel.WARNED or now >= deadline.warn_at:
+        return ClockLevel.WARN
+    return ClockLevel.OK
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """One line of the dispatcher's queue: the incident and its nearest running clock."""
+
+    incident: Incident
+    category: IncidentCategory
+    zone_name: str | None
+    deadline: Deadline | None
+    level: ClockLevel | None
+    seconds_left: int | None
+    responder_names: tuple[str, ...]
+
+
+def _names(session: Session, user_ids: Collection[int]) -> dict[int, str]:
+    if not user_ids:
+        return {}
+    rows = session.execute(select(User.id, User.display_name)
+                           .where(User.id.in_(list(user_ids)))).tuples()
+    return {user_id: name for user_id, name in rows}
+
+
+def _region_names(session: Session, region_ids: Collection[int | None]) -> dict[int, str]:
+    ids = [r for r in region_ids if r is not None]
+    if not ids:
+        return {}
+    rows = session.execute(select(Region.id, Region.name).where(Region.id.in_(ids))).tuples()
+    return {region_id: name for region_id, name in rows}
+
+
+def dispatcher_queue(*, session: Session, user: User, now: datetime,
+                     limit: int = QUEUE_LIMIT) -> list[QueueItem]:
+    """Open incidents the user may see: most urgent first, then the least time left."""
+    rows = session.execute(
+        select(Incident, IncidentCategory)
+        .join(IncidentCategory, IncidentCategory.id == Incident.category_id)
+        .where(Incident.state.in_(list(OPEN_STATES)), incident_scope(session, user))
+    ).tuples().all()
+    ids = [incident.id for incident, _ in rows]
+    nearest: dict[int, Deadline] = {}
+    if ids:
+        for deadline in session.scalars(select(Deadline).where(
+                Deadline.incident_id.in_(ids), Deadline.state == DeadlineState.OPEN)):
+            current = nearest.get(deadline.incident_id)
+            if current is None or deadline.due_at < current.due_at:
+                nearest[deadline.incident_id] = deadline
+    people: dict[int, list[int]] = {}
+    if ids:
+        for incident_id, user_id in session.execute(
+                select(Assignment.incident_id, Assignment.user_id).where(
+                    Assignment.incident_id.in_(ids), Assignment.ended_at.is_(None),
+                    Assignment.role.in_(list(FIELD_ROLES))).order_by(Assignment.id)).tuples():
+            people.setdefault(incident_id, []).append(user_id)
+    names = _names(session, {u for users in people.values() for u in users})
+    zones = _region_names(session, {incident.zone_id for incident, _ in rows})
+    items = []
+    for incident, category in rows:
+        clock = nearest.get(incident.id)
+        items.append(QueueItem(
+            incident=incident, category=category,
+            zone_name=zones.get(incident.zone_id) if incident.zone_id else None,
+            deadline=clock,
+            level=clock_level(clock, now) if clock else None,
+            seconds_left=int((clock.due_at - now).total_seconds()) if clock else None,
+            responder_names=tuple(names.get(u, str(u)) for u in people.get(incident.id, []))))
+    far = datetime.max.replace(tzinfo=now.tzinfo)
+    items.sort(key=lambda item: (item.incident.urgency,
+                                 item.deadline.due_at if item.deadline else far,
+                                 item.incident.received_at, item.incident.id))
+    return items[:limit]
+
+
+def state_counts(*, session: Session, user: User) -> dict[IncidentState, int]:
+    """How many incidents the user may see are in each state (every state, zeros included)."""
+    counts = dict.fromkeys(IncidentState, 0)
+    for state, n in session.execute(select(Incident.state, func.count(Incident.id))
+                                    .where(incident_scope(session, user))
+                                    .group_by(Incident.state)).tuples():
+        counts[IncidentState(state)] = int(n)
+    return counts
+
+
+def change_stamp(*, session: Session) -> str:
+    """Changes whenever an incident, a clock's notice or a responder's status changes.
+
+    Every change to an incident writes a transition row, every warning or escalation a notice,
+    and every status or position report touches responder_status; comparing this stamp from
+    any process tells a live page to refresh.
+    """
+    transition = session.scalar(select(func.max(IncidentTransition.id))) or 0
+    notice = session.scalar(select(func.max(Notice.id))) or 0
+    status = session.scalar(select(func.max(ResponderStatus.updated_at)))
+    seen = int(status.timestamp() * 1000) if status is not None else 0
+    return f"{transition}-{notice}-{seen}"
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    id: int
+    at: datetime
+    action: str
+    from_state: IncidentState | None
+    to_state: IncidentState
+    reason: str | None
+    actor: str
+    actor_name: str
+    detail: dict[str, Any]
+
+
+def timeline(*, session: Session, incident_id: int) -> list[TimelineEntry]:
+    """Every transition of the incident, oldest first, with who took it."""
+    rows = transitions_of(session=session, incident_id=incident_id)
+    names = _names(session, {r.actor_id for r in rows if r.actor_id is not None})
+    return [TimelineEntry(
+        id=r.id, at=r.at, action=r.action, from_state=r.from_state, to_state=r.to_state,
+        reason=r.reason, actor=r.actor,
+        actor_name=names.get(r.actor_id, r.actor) if r.actor_id is not None else r.actor,
+        detail=json.loads(r.detail or "{}")) for r in rows]
+
+
+@dataclass(frozen=True)
+class AssignmentView:
+    user_id: int
+    display_name: str
+    role: ResponseRole
+    unit_type: UnitType | None
+    assigned_at: datetime
+    accepted_at: datetime | None
+    on_scene_at: datetime | None
+    ended_at: datetime | None
+    responder_state: ResponderState | None
+
+
+@dataclass(frozen=True)
+class DeadlineView:
+    id: int
+    kind: DeadlineKind
+    state: DeadlineState
+    escalation_step: int
+    due_at: datetime
+    warn_at: datetime
+    level: ClockLevel | None  # None once the clock is settled
+    seconds_left: int | None
+
+
+@dataclass(frozen=True)
+class IncidentView:
+    """An incident with what a page or the API shows around it; personal data masked."""
+
+    incident: Incident
+    category: IncidentCategory
+    zone_name: str | None
+    grid_name: str | None
+    micro_grid_name: str | None
+    reporter_phone: str | None  # masked
+    reporter_name: str | None  # masked
+    assignments: list[AssignmentView]
+    deadlines: list[DeadlineView]
+    reinforcements: list[ReinforcementRequest]
+    duplicate_of_number: str | None
+
+
+def incident_view(*, session: Session, crypto: CryptoProvider, incident: Incident,
+                  now: datetime) -> IncidentView:
+    category = session.get(IncidentCategory, incident.category_id)
+    assert category is not None  # a foreign key
+    assignments = assignments_of(session=session, incident_id=incident.id)
+    user_ids = {a.user_id for a in assignments}
+    names = _names(session, user_ids)
+    states = {user_id: state for user_id, state in session.execute(
+        select(ResponderStatus.user_id, ResponderStatus.state)
+        .where(ResponderStatus.user_id.in_(list(user_ids)))).tuples()} if user_ids else {}
+    regions = _region_names(session, {incident.zone_id, incident.grid_id, incident.micro_grid_id})
+    phone = crypto.decrypt(incident.reporter_phone_enc, context=PHONE_CONTEXT) \
+        if incident.reporter_phone_enc else None
+    name = crypto.decrypt(incident.reporter_name_enc, context=NAME_CONTEXT) \
+        if incident.reporter_name_enc else None
+    original = session.get(Incident, incident.duplicate_of_id) if incident.duplicate_of_id else None
+    return IncidentView(
+        incident=incident, category=category,
+        zone_name=regions.get(incident.zone_id) if incident.zone_id else None,
+        grid_name=regions.get(incident.grid_id) if incident.grid_id else None,
+        micro_grid_name=regions.get(incident.micro_grid_id) if incident.micro_grid_id else None,
+        reporter_phone=mask_phone(phone) if phone else None,
+        reporter_name=mask_name(name) if name else None,
+        assignments=[AssignmentView(
+            user_id=a.user_id, display_name=names.get(a.user_id, str(a.user_id)), role=a.role,
+            unit_type=a.unit_type, assigned_at=a.assigned_at, accepted_at=a.accepted_at,
+            on_scene_at=a.on_scene_at, ended_at=a.ended_at,
+            responder_state=states.get(a.user_id)) for a in assignments],
+        deadlines=[DeadlineView(
+            id=d.id, kind=d.kind, state=d.state, escalation_step=d.escalation_step,
+            due_at=d.due_at, warn_at=d.warn_at,
+            level=clock_level(d, now) if d.state == DeadlineState.OPEN else None,
+            seconds_left=int((d.due_at - now).total_seconds())
+            if d.state == DeadlineState.OPEN else None)
+            for d in deadlines_of(session=session, incident_id=incident.id)],
+        reinforcements=reinforcement_requests_of(session=session, incident_id=incident.id),
+        duplicate_of_number=original.number if original else None)
+
+
+def allowed_steps(*, session: Session, incident: Incident, user: User) -> list[str]:
+    """The actions this user may take on the incident now, by actions.STEP_NAMES' names.
+
+    Asks the transition table (with a stand-in reason, since the form asks for the real one)
+    plus the rules the actions add: a field responder acts only where sent, "keep separate"
+    only on a flagged duplicate, "reinforcement arrived" only with one on the way, the transfer
+    to 110 only for police work not yet handed over.
+    """
+    category = session.get(IncidentCategory, incident.category_id)
+    assert category is not None
+    context = TransitionContext(actor_id=user.id,
+                                handler_ids=handler_ids(session=session, incident_id=incident.id),
+                                may_close_at=category.may_close_at,
+                                on_scene_required=category.on_scene_required)
+    sent = user.id in active_field_user_ids(session=session, incident_id=incident.id)
+    waiting = any(r.arrived_at is None for r in reinforcement_requests_of(
+        session=session, incident_id=incident.id))
+    extra_rules: dict[Action, bool] = {
+        Action.KEEP_SEPARATE: incident.needs_duplicate_review,
+        Action.REINFORCEMENT_ARRIVED: waiting,
+    }
+    allowed: list[str] = []
+    for action in TRANSITIONS:
+        try:
+            check_transition(incident.state, action, user.role, reason="-", context=context)
+        except GrassrootsError:
+            continue
+        if action in ASSIGNED_ONLY and user.role in _FIELD_RESPONDER_ROLES and not sent:
+            continue
+        if not extra_rules.get(action, True):
+            continue
+        allowed.append("merge_duplicate" if action == Action.MERGE else action.value)
+    if (category.is_police and not incident.police_ref and "dispatch" in allowed
+            and has_permission(user.role, Permission.INCIDENTS_DISPATCH)):
+        allowed.append(TRANSFER_TO_POLICE)
+    return allowed
+
+
+@dataclass(frozen=True)
+class ResponderView:
+    """Someone on a shift: where they are, how they stand and what they are on."""
+
+    user_id: int
+    display_name: str
+    zone_id: int
+    zone_name: str
+    unit_type: UnitType
+    starts_at: datetime
+    ends_at: datetime
+    state: ResponderState
+    lon: float | None
+    lat: float | None
+    position_at: datetime | None
+    position_stale: bool
+    incident_numbers: tuple[str, ...]
+
+
+def _zone_scope(session: Session, user: User) -> ColumnElement[bool]:
+    return scope_clause(scope_path(session, user), Region.path)
+
+
+def duty_roster(*, session: Session, user: User, starts: datetime, ends: datetime,
+                now: datetime) -> list[ResponderView]:
+    """Shifts overlapping [starts, ends) in the zones the user may see, by zone then start."""
+    rows = session.execute(
+        select(DutyShift, User, Region, ResponderStatus)
+        .join(User, User.id == DutyShift.user_id)
+        .join(Region, Region.id == DutyShift.zone_id)
+        .outerjoin(ResponderStatus, ResponderStatus.user_id == DutyShift.user_id)
+        .where(DutyShift.starts_at < ends, DutyShift.ends_at > starts, User.is_active.is_(True),
+               _zone_scope(session, user))
+        .order_by(Region.code, DutyShift.unit_type, DutyShift.starts_at, User.username)
+    ).tuples().all()
+    user_ids = {shift.user_id for shift, _, _, _ in rows}
+    working: dict[int, list[str]] = {}
+    if user_ids:
+        for user_id, number in session.execute(
+                select(Assignment.user_id, Incident.number)
+                .join(Incident, Incident.id == Assignment.incident_id)
+                .where(Assignment.user_id.in_(list(user_ids)), Assignment.ended_at.is_(None),
+                       Assignment.role.in_(list(FIELD_ROLES)))
+                .order_by(Assignment.id)).tuples():
+            working.setdefault(user_id, []).append(number)
+    views = []
+    for shift, person, zone, status in rows:
+        stale = status is None or status.position_at is None or (
+            now - status.position_at > POSITION_STALE_AFTER)
+        views.append(ResponderView(
+            user_id=person.id, display_name=person.display_name, zone_id=zone.id,
+            zone_name=zone.name, unit_type=shift.unit_type, starts_at=shift.starts_at,
+            ends_at=shift.ends_at,
+            state=status.state if status is not None else ResponderState.AVAILABLE,
+            lon=status.lon if status is not None else None,
+            lat=status.lat if status is not None else None,
+            position_at=status.position_at if status is not None else None,
+            position_stale=stale, incident_numbers=tuple(working.get(person.id, ()))))
+    return views
+
+
+def responders_on_duty(*, session: Session, user: User, at: datetime) -> list[ResponderView]:
+    """Everyone on a shift covering `at` in the zones the user may see."""
+    return duty_roster(session=session, user=user, starts=at, ends=at + timedelta(microseconds=1),
+                       now=at)
+
+
+def duty_shifts_around(*, session: Session, user: User, at: datetime) -> list[ResponderView]:
+    """The roster of the Beijing calendar day holding `at`."""
+    local = to_display(at)
+    day_start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return duty_roster(session=session, user=user, starts=day_start,
+                       ends=day_start + timedelta(days=1), now=at)
+
+
+def categories_by_major(*, session: Session) -> list[tuple[str, str, list[IncidentCategory]]]:
+    """Active categories grouped by major class (code, name_zh, categories), in catalogue order."""
+    groups: dict[str, tuple[str, str, list[IncidentCategory]]] = {}
+    for category in list_categories(session=session):
+        group = groups.setdefault(category.major_code,
+                                  (category.major_code, category.major_name_zh, []))
+        group[2].append(category)
+    return list(groups.values())

@@ -88,6 +88,7 @@ def seed_demo(runtime: Runtime, *, progress: bool = False) -> dict[str, Any]:
         responders = _seed_zone_staff(session, runtime, regions, progress)
         shifts = _seed_rosters(session, runtime, responders, progress)
         counts_categories = _seed_categories(session, runtime)
+        _seed_open311_key(session, runtime)
         counts: dict[str, Any] = {level.value: len(regions.get(level, [])) for level in RegionLevel}
         counts["users"] = session.scalar(select(func.count(User.id))) or 0
         counts["zone_staff"] = len(responders)
@@ -105,6 +106,13 @@ def _seed_categories(session: Session, runtime: Runtime) -> int:
 
     load_default_categories(session=session, runtime=runtime, actor=SystemActor("system:seed"))
     return session.scalar(select(func.count(IncidentCategory.id))) or 0
+
+
+def _seed_open311_key(session: Session, runtime: Runtime) -> None:
+    """The demo's Open311 api_key (printed in the README); a real deployment issues its own."""
+    from grassroots.command.open311.keys import ensure_demo_key
+
+    ensure_demo_key(session=session, runtime=runtime)
 
 
 def _seed_irrigation(runtime: Runtime, progress: bool) -> dict[str, Any]:

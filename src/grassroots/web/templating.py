@@ -10,6 +10,7 @@ from fastapi import Request
 from fastapi.templating import Jinja2Templates
 from jinja2 import ChoiceLoader, FileSystemLoader
 
+from grassroots.kernel.auth.roles import Permission, has_permission
 from grassroots.kernel.clock import format_display
 from grassroots.kernel.i18n import translate
 
@@ -35,8 +36,14 @@ def build_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=_template_dirs()[0])
     templates.env.loader = ChoiceLoader([FileSystemLoader(d) for d in _template_dirs()])
     templates.env.globals["format_time"] = format_display
+    templates.env.globals["has_permission"] = user_has_permission
     templates.env.autoescape = True
     return templates
+
+
+def user_has_permission(user: Any, permission: str) -> bool:
+    """For templates: whether a signed-in user's role grants `permission` (e.g. nav links)."""
+    return user is not None and has_permission(user.role, Permission(permission))
 
 
 def page_context(request: Request, **values: Any) -> dict[str, Any]:

@@ -1,0 +1,195 @@
+"""The incidents JSON API under /api/v1: report, list, read, act, responders, reveal a phone.
+
+Every route needs a signed-in user (session or bearer token) and cuts its answer to the user's
+data scope: an incident outside it is a 404, the same as one that does not exist. Errors come
+back as {"error": {"code", "message"}} in the request's language (the app's error handlers).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from sqlalchemy.orm import Session
+
+from grassroots.command import actions, queries
+from grassroots.command.context import current_calendar, current_locator
+from grassroots.command.police import FakePoliceDesk, PoliceDesk
+from grassroots.command.request_deps import (
+    ClientIp,
+    LanguageDep,
+    RuntimeDep,
+    SessionDep,
+    as_actor,
+    require_any,
+)
+from grassroots.command.schemas import (
+    ActionIn,
+    IncidentCreated,
+    IncidentIn,
+    IncidentOut,
+    IncidentPage,
+    PositionIn,
+    ResponderOut,
+    RevealIn,
+    RevealOut,
+    TransitionOut,
+    to_wgs84,
+)
+from grassroots.command.states import IncidentState
+from grassroots.kernel.auth.models import User
+from grassroots.kernel.auth.roles import Permission
+from grassroots.runtime import Runtime
+
+router = APIRouter(prefix="/api/v1", tags=["incidents"])
+
+Reader = Annotated[User, Depends(require_any(Permission.INCIDENTS_READ))]
+Reporter = Annotated[User, Depends(require_any(Permission.INCIDENTS_REPORT))]
+Responder = Annotated[User, Depends(require_any(Permission.INCIDENTS_HANDLE))]
+Unmasker = Annotated[User, Depends(require_any(Permission.PERSONAL_DATA_UNMASK))]
+IDEMPOTENCY_KEY_MAX = 120
+PAGE_MAX = 200
+
+# The 110 desk when the deployment has not set app.state.police_desk: an in-process fake, since
+# the police system is outside Grassroots (see command.police).
+_DEFAULT_DESK = FakePoliceDesk()
+
+
+def get_police_desk(request: Request) -> PoliceDesk:
+    desk = getattr(request.app.state, "police_desk", None)
+    return desk if desk is not None else _DEFAULT_DESK
+
+
+PoliceDeskDep = Annotated[PoliceDesk, Depends(get_police_desk)]
+
+
+def incident_out(session: Session, runtime: Runtime, incident_id: int, user: User,
+                 language: str) -> IncidentOut:
+    incident = queries.incident_for(session=session, user=user, incident_id=incident_id)
+    view = queries.incident_view(session=session, crypto=runtime.crypto, incident=incident,
+                                 now=runtime.clock.now())
+    return IncidentOut.of(view, language)
+
+
+@router.post("/incidents", status_code=201, response_model=IncidentCreated)
+def create_incident(
+    body: IncidentIn,
+    response: Response,
+    user: Reporter,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    language: LanguageDep,
+    ip: ClientIp,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key",
+                                                  max_length=IDEMPOTENCY_KEY_MAX)] = None,
+) -> IncidentCreated:
+    """Report an incident; it is located, registered and dispatched in this request.
+
+    Send an Idempotency-Key: a retry with the same key (same user) returns the first incident
+    with 200 instead of 201; the same key with a different body is refused with 422.
+    """
+    lon, lat = to_wgs84(body.lon, body.lat, body.crs)
+    result = actions.enter_incident(
+        session=session, runtime=runtime, actor=user, channel=body.channel,
+        category_code=body.category_code, calendar=current_calendar(session),
+        locator=current_locator(session), lon=lon, lat=lat, address_text=body.address_text,
+        description=body.description, reporter_phone=body.reporter_phone,
+        reporter_name=body.reporter_name, attributes=body.attributes, urgency=body.urgency,
+        idempotency_key=idempotency_key, police_ref=body.police_ref,
+        fingerprint=actions.request_fingerprint(body.model_dump(mode="json")), source_ip=ip)
+    if not result.created:
+        response.status_code = 200
+    out = incident_out(session, runtime, result.incident.id, user, language)
+    return IncidentCreated(**out.model_dump(), created=result.created,
+                           duplicate_candidates=[d.number for d in result.duplicate_candidates])
+
+
+@router.get("/incidents", response_model=IncidentPage)
+def list_incidents(
+    user: Reader,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    language: LanguageDep,
+    state: Annotated[list[IncidentState] | None, Query()] = None,
+    category: Annotated[str | None, Query(max_length=60)] = None,
+    zone: Annotated[int | None, Query(description="zone region id")] = None,
+    urgency: Annotated[int | None, Query(ge=1, le=4)] = None,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> IncidentPage:
+    """Incidents in the user's data scope, newest first."""
+    rows, total = queries.search_incidents(session=session, user=user, states=state,
+                                           category_code=category, zone_id=zone,
+                                           urgency=urgency, limit=limit, offset=offset)
+    now = runtime.clock.now()
+    items = [IncidentOut.of(queries.incident_view(session=session, crypto=runtime.crypto,
+                                                  incident=row, now=now), language)
+             for row in rows]
+    return IncidentPage(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/incidents/{incident_id}", response_model=IncidentOut)
+def get_incident(incident_id: int, user: Reader, session: SessionDep, runtime: RuntimeDep,
+                 language: LanguageDep) -> IncidentOut:
+    return incident_out(session, runtime, incident_id, user, language)
+
+
+@router.get("/incidents/{incident_id}/timeline", response_model=list[TransitionOut])
+def get_timeline(incident_id: int, user: Reader, session: SessionDep) -> list[TransitionOut]:
+    """Every transition, oldest first, with who took it and when."""
+    incident = queries.incident_for(session=session, user=user, incident_id=incident_id)
+    return [TransitionOut.of(entry)
+            for entry in queries.timeline(session=session, incident_id=incident.id)]
+
+
+@router.post("/incidents/{incident_id}/actions/{action}", response_model=IncidentOut)
+def act(incident_id: int, action: str, body: ActionIn, user: Reader, session: SessionDep,
+        runtime: RuntimeDep, language: LanguageDep, ip: ClientIp,
+        desk: PoliceDeskDep) -> IncidentOut:
+    """Take one action (register, dispatch, accept, … transfer_to_police) on the incident.
+
+    The transition table decides who may take it from which state: a wrong role is 403, a
+    wrong state or a stale expected_version 409, a missing reason 422.
+    """
+    incident = queries.incident_for(session=session, user=user, incident_id=incident_id)
+    if body.original_id is not None:  # the original must be visible too
+        queries.incident_for(session=session, user=user, incident_id=body.original_id)
+    lon, lat = to_wgs84(body.lon, body.lat, body.crs)
+    request = actions.StepRequest(
+        reason=body.reason or body.notes, expected_version=body.expected_version,
+        user_ids=tuple(body.user_ids), unit_type=body.unit_type, request_id=body.request_id,
+        satisfied=body.satisfied, working_days=body.working_days, original_id=body.original_id,
+        lon=lon, lat=lat)
+    actions.take_action(session=session, runtime=runtime, actor=as_actor(user),
+                        incident_id=incident.id, action=action, request=request,
+                        calendar=current_calendar(session), police_desk=desk, source_ip=ip)
+    return incident_out(session, runtime, incident.id, user, language)
+
+
+@router.post("/incidents/{incident_id}/reveal-phone", response_model=RevealOut)
+def reveal_phone(incident_id: int, body: RevealIn, user: Unmasker, session: SessionDep,
+                 runtime: RuntimeDep, ip: ClientIp) -> RevealOut:
+    """The reporter's full number, with a stated reason; every reveal is in the audit trail."""
+    incident = queries.incident_for(session=session, user=user, incident_id=incident_id)
+    phone = actions.reveal_reporter_phone(session=session, runtime=runtime, actor=as_actor(user),
+                                          incident_id=incident.id, reason=body.reason,
+                                          source_ip=ip)
+    return RevealOut(reporter_phone=phone)
+
+
+@router.get("/responders", response_model=list[ResponderOut], tags=["responders"])
+def list_responders(user: Reader, session: SessionDep,
+                    runtime: RuntimeDep) -> list[ResponderOut]:
+    """Everyone on duty now in the user's zones: state, last position, what they are on."""
+    views = queries.responders_on_duty(session=session, user=user, at=runtime.clock.now())
+    return [ResponderOut.of(view) for view in views]
+
+
+@router.post("/responders/me/position", status_code=204, tags=["responders"])
+def report_position(body: PositionIn, user: Responder, session: SessionDep,
+                    runtime: RuntimeDep, ip: ClientIp) -> Response:
+    """A responder's phone reports where they are and/or whether they are available."""
+    lon, lat = to_wgs84(body.lon, body.lat, body.crs)
+    actions.update_responder_status(session=session, runtime=runtime, actor=as_actor(user),
+                                    state=body.state, lon=lon, lat=lat, source_ip=ip)
+    return Response(status_code=204)
