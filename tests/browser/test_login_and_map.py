@@ -25,6 +25,8 @@ def test_a_dispatcher_logs_in_and_sees_the_zones_on_the_regions_map(
     page.fill("input[name=username]", "dispatcher")
     page.fill("input[name=password]", DEMO_PASSWORD)
     page.click("button[type=submit]")
+    page.wait_for_url(f"{live_server}/command**")  # a dispatcher starts at the workspace
+    page.click("header nav a[href='/regions']")
     page.wait_for_url(f"{live_server}/regions**")
     page.wait_for_selector("#regions-map[data-loaded=true]", timeout=20000)
     the_map = page.locator("#regions-map")

@@ -341,3 +341,17 @@ def test_a_multipart_form_carries_its_csrf_token_too(
                            files={"attachment": ("note.txt", b"hello")}, follow_redirects=False)
     assert response.status_code == 303
     assert client.get("/api/v1/users/me").status_code == 401
+
+
+@pytest.mark.parametrize(("role", "home"), [
+    (Role.DISPATCHER, "/command"),
+    (Role.GRID_WORKER, "/field"),
+    (Role.IRRIGATION_DISPATCHER, "/irrigation"),
+    (Role.VIEWER, "/regions"),
+])
+def test_each_role_lands_on_its_own_start_page_after_login(
+    client: TestClient, session: Session, runtime: Runtime, role: Role, home: str,
+) -> None:
+    make_user(session, runtime, f"user-{role.value}", role)
+    assert sign_in(client, f"user-{role.value}") == home
+    assert client.get("/", follow_redirects=False).headers["location"] == home

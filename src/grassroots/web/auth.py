@@ -26,7 +26,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 
 from grassroots.kernel.auth import actions, queries
 from grassroots.kernel.auth.models import LoginSession, User
-from grassroots.kernel.auth.roles import ROLE_PERMISSIONS, Permission
+from grassroots.kernel.auth.roles import ROLE_PERMISSIONS, Permission, Role
 from grassroots.kernel.errors import Conflict, NotAuthenticated, ValidationFailed
 from grassroots.kernel.i18n import LANGUAGES, negotiate, translate
 from grassroots.runtime import Runtime
@@ -53,6 +53,21 @@ CSRF_EXEMPT_PREFIXES: list[str] = ["/open311/"]
 SKIP_PREFIXES: tuple[str, ...] = ("/static/",)
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 HOME_PATH = "/regions"
+# Where each role starts its day: the big screen, the phone page, the irrigation map.
+ROLE_HOME = {
+    Role.DISPATCHER: "/command",
+    Role.STREET_LEADER: "/command",
+    Role.ZONE_RESPONDER: "/field/mine",
+    Role.GRID_WORKER: "/field",
+    Role.BUILDING_HEAD: "/field",
+    Role.IRRIGATION_DISPATCHER: "/irrigation",
+    Role.GATE_OPERATOR: "/irrigation",
+    Role.SYSTEM_ADMIN: "/admin/categories",
+}
+
+
+def home_path(user: User | None) -> str:
+    return ROLE_HOME.get(user.role, HOME_PATH) if user is not None else HOME_PATH
 LOGIN_PATH = "/login"
 
 
@@ -187,11 +202,11 @@ def set_session_cookie(response: Response, runtime: Runtime, value: str) -> None
                         secure=runtime.settings.environment == Environment.PRODUCTION)
 
 
-def safe_next(target: str | None) -> str:
+def safe_next(target: str | None, user: User | None = None) -> str:
     """Only same-site paths: an open redirect after login is a phishing gift."""
     if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target
-    return HOME_PATH
+    return home_path(user)
 
 
 def _render(request: Request, template: str, status_code: int = 200, **values: Any) -> Response:
@@ -215,14 +230,14 @@ def _with_next(path: str, target: str | None) -> str:
 
 @router.get("/", include_in_schema=False)
 def home(request: Request) -> RedirectResponse:
-    return _redirect(HOME_PATH if request.state.user else LOGIN_PATH)
+    return _redirect(home_path(request.state.user) if request.state.user else LOGIN_PATH)
 
 
 @router.get("/login", response_class=HTMLResponse, include_in_schema=False)
 def login_page(request: Request, session: SessionDep, runtime: RuntimeDep, ip: ClientIp,
                language: LanguageDep, next: str | None = None) -> Response:
     if request.state.user is not None:
-        return _redirect(safe_next(next))
+        return _redirect(safe_next(next, request.state.user))
     cookie_value = None
     if request.state.login_session is None:
         login_session, cookie_value = actions.start_session(
@@ -258,7 +273,7 @@ def login_submit(
         previous_token=request.cookies.get(SESSION_COOKIE), totp_pending=pending,
         language=language, source_ip=ip)
     if not pending:
-        target = safe_next(next)
+        target = safe_next(next, user)
     elif user.totp_enabled:
         target = _with_next("/login/totp", next)
     else:
@@ -271,7 +286,7 @@ def login_submit(
 @router.get("/login/totp", response_class=HTMLResponse, include_in_schema=False)
 def login_totp_page(request: Request, next: str | None = None) -> Response:
     if request.state.user is not None:
-        return _redirect(safe_next(next))
+        return _redirect(safe_next(next, request.state.user))
     pending = request.state.pending_user
     if pending is None or not pending.totp_enabled:
         return _redirect(LOGIN_PATH)
@@ -304,7 +319,7 @@ def _finish_login(request: Request, session: SessionDep, runtime: Runtime, user:
     _login_session, cookie_value = actions.start_session(
         session=session, runtime=runtime, user=user,
         previous_token=request.cookies.get(SESSION_COOKIE), language=language, source_ip=ip)
-    response = _redirect(safe_next(next))
+    response = _redirect(safe_next(next, user))
     set_session_cookie(response, runtime, cookie_value)
     return response
 
