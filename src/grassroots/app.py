@@ -41,9 +41,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 def _include_routers(app: FastAPI) -> None:
     from grassroots.command import admin as command_admin
     from grassroots.command import api as command_api
-    from grassroots.command import views as command_views
     from grassroots.command import field as command_field
     from grassroots.command import media as command_media
+    from grassroots.command import views as command_views
     from grassroots.command.open311.api import router as open311_router
     from grassroots.irrigation import views as irrigation_views
     from grassroots.irrigation.telemetry import api as telemetry_api
