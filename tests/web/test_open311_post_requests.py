@@ -91,6 +91,26 @@ def test_the_answer_in_xml_is_a_service_requests_document(o311: Open311) -> None
     assert request.findtext("account_id") == ""  # <account_id/>, as the spec shows it
 
 
+def test_unescaped_utf8_in_a_form_body_keeps_its_chinese(o311: Open311) -> None:
+    """curl -d and many simple clients send raw UTF-8 bytes instead of %-escapes."""
+    key = o311.key()
+    body = (f"api_key={key}&service_code={GARBAGE}&lat={A_LAT}&long={A_LON}"
+            "&description=垃圾桶满溢，气味很大").encode()
+    response = o311.client.post(f"{PREFIX}/requests.json", content=body, headers={
+        "Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 200, response.text
+    [incident] = _incidents(o311)
+    assert incident.description == "垃圾桶满溢，气味很大"
+
+
+def test_a_form_body_that_is_not_utf8_is_refused_in_the_spec_format(o311: Open311) -> None:
+    body = "description=垃圾".encode("gbk")
+    response = o311.client.post(f"{PREFIX}/requests.json", content=body, headers={
+        "Content-Type": "application/x-www-form-urlencoded"})
+    assert assert_spec_error(response, 400)
+    assert _incidents(o311) == []
+
+
 def test_a_json_body_is_accepted_too(o311: Open311) -> None:
     key = o311.key()
     body = {"api_key": key, "service_code": "security.fight", "lat": A_LAT, "long": A_LON,

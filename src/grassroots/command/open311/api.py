@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine
 from datetime import datetime
 from json import JSONDecodeError
 from typing import Annotated, Any, cast
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -299,9 +300,24 @@ async def _submitted_fields(request: Request) -> Fields:
         if attributes is not None and not isinstance(attributes, dict):
             raise Open311Error(400, "attribute must be an object of code: value")
         items += list(body.items())
-    else:
+    elif request.headers.get("content-type", "").startswith("multipart/"):
         items += list((await request.form()).multi_items())
+    else:
+        items += _urlencoded_items(await request.body())
     return collect_fields(items, attributes)
+
+
+def _urlencoded_items(raw: bytes) -> list[tuple[str, Any]]:
+    """Decode a form body as UTF-8 ourselves.
+
+    Starlette reads urlencoded bytes as latin-1, which garbles Chinese sent unescaped, as
+    `curl -d 'description=垃圾桶满溢'` and many simple clients do; escaped bodies decode the same.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Open311Error(400, "The request body must be UTF-8") from None
+    return list(parse_qsl(text, keep_blank_values=True))
 
 
 def _create(runtime: Runtime, fields: Fields, idempotency_key: str | None, source_ip: str | None,
