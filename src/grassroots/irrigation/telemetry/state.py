@@ -32,6 +32,8 @@ class Source(StrEnum):
     MODBUS = "modbus"
     HTTP = "http"
     SIM = "sim"
+    # Computed here from other readings (irrigation.derive), not sent by a device.
+    DERIVED = "derived"
 
 
 # Sources that mean the device itself was just heard from; an HTTP upload may be old data
@@ -44,6 +46,8 @@ class Quality(IntFlag):
 
     OK = 0
     OUT_OF_RANGE = 1
+    SPIKE = 2
+    STUCK = 4
     SUBMERGED = 8
     INVALID = 16
     # The reading has no value (sensor fault, no answer); stored as NULL, never as zero.
