@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 01:40:51.409706
+Create Date: 2026-11-28 02:07:47.631540
 """
 from __future__ import annotations
 
@@ -344,6 +344,30 @@ def upgrade() -> None:
     with op.batch_alter_table('incident_transition', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_incident_transition_incident_id'), ['incident_id'], unique=False)
 
+    op.create_table('irr_alarm',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('structure_id', sa.Integer(), nullable=False),
+    sa.Column('kind', sa.Enum('high_level', 'low_level', 'flow_far_from_plan', 'device_offline', 'low_battery', name='alarmkind', native_enum=False, length=30), nullable=False),
+    sa.Column('state', sa.Enum('open', 'acknowledged', 'cleared', name='alarmstate', native_enum=False, length=20), nullable=False),
+    sa.Column('raised_at', grassroots.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('cleared_at', grassroots.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('value', sa.Float(), nullable=True),
+    sa.Column('threshold', sa.Float(), nullable=True),
+    sa.Column('clear_value', sa.Float(), nullable=True),
+    sa.Column('incident_id', sa.Integer(), nullable=True),
+    sa.Column('acknowledged_at', grassroots.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('acknowledged_by', sa.String(length=120), nullable=True),
+    sa.Column('version', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['incident_id'], ['incident.id'], name=op.f('fk_irr_alarm_incident_id_incident')),
+    sa.ForeignKeyConstraint(['structure_id'], ['irr_structure.id'], name=op.f('fk_irr_alarm_structure_id_irr_structure')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_irr_alarm'))
+    )
+    with op.batch_alter_table('irr_alarm', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_irr_alarm_incident_id'), ['incident_id'], unique=False)
+        batch_op.create_index('ix_irr_alarm_state_raised', ['state', 'raised_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_irr_alarm_structure_id'), ['structure_id'], unique=False)
+        batch_op.create_index('uq_irr_alarm_live', ['structure_id', 'kind'], unique=True, sqlite_where=sa.text("state IN ('open', 'acknowledged')"), postgresql_where=sa.text("state IN ('open', 'acknowledged')"))
+
     op.create_table('irr_daily_volume',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('day', sa.Date(), nullable=False),
@@ -630,6 +654,13 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_irr_daily_volume_canal_id'))
 
     op.drop_table('irr_daily_volume')
+    with op.batch_alter_table('irr_alarm', schema=None) as batch_op:
+        batch_op.drop_index('uq_irr_alarm_live', sqlite_where=sa.text("state IN ('open', 'acknowledged')"), postgresql_where=sa.text("state IN ('open', 'acknowledged')"))
+        batch_op.drop_index(batch_op.f('ix_irr_alarm_structure_id'))
+        batch_op.drop_index('ix_irr_alarm_state_raised')
+        batch_op.drop_index(batch_op.f('ix_irr_alarm_incident_id'))
+
+    op.drop_table('irr_alarm')
     with op.batch_alter_table('incident_transition', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_incident_transition_incident_id'))
 

@@ -45,6 +45,7 @@ def _include_routers(app: FastAPI) -> None:
     from grassroots.command import media as command_media
     from grassroots.command import views as command_views
     from grassroots.command.open311.api import router as open311_router
+    from grassroots.irrigation import alarm_views
     from grassroots.irrigation import views as irrigation_views
     from grassroots.irrigation.telemetry import api as telemetry_api
     from grassroots.web import health, regions
@@ -53,6 +54,7 @@ def _include_routers(app: FastAPI) -> None:
     app.include_router(regions.router)
     app.include_router(irrigation_views.router)
     app.include_router(telemetry_api.router)
+    app.include_router(alarm_views.router)
     app.include_router(open311_router)
     app.include_router(command_media.router)
     app.include_router(command_field.router)

@@ -7,7 +7,9 @@ import getpass
 import json
 import sys
 from collections.abc import Callable, Sequence
+from datetime import date
 from pathlib import Path
+from typing import Any
 
 from grassroots.runtime import Runtime
 from grassroots.settings import Settings, SettingsError, load_settings
@@ -61,19 +63,35 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(summary, ensure_ascii=False))
     if args.no_serve:
         return 0
-    _start_background_sweeper(settings)
+    import threading
+
+    # The demo runs the periodic jobs and telemetry intake in-process, so clocks escalate and a
+    # device pointed at 127.0.0.1 (MQTT 1883, SL 651 5651) shows up without a second command.
+    runtime = _runtime(settings)
+    _start_jobs(runtime, threading.Event())
+    _start_ingest_in_background(runtime)
     return cmd_serve(args, settings)
 
 
-def _start_background_sweeper(settings: Settings) -> None:
-    """The demo runs the SLA sweeper in-process so clocks escalate without a second command."""
+def _start_ingest_in_background(runtime: Runtime) -> None:
+    """MQTT and SL 651 intake in a thread; a busy port or an absent broker only logs."""
+    import asyncio
+    import logging
     import threading
 
-    from grassroots.command.jobs import run_sweeper
+    from grassroots.irrigation.telemetry.service import IngestOptions, IngestService
 
-    thread = threading.Thread(target=run_sweeper, name="sla-sweeper", daemon=True,
-                              kwargs={"runtime": _runtime(settings), "stop": threading.Event()})
-    thread.start()
+    async def run() -> None:
+        service = IngestService(runtime, IngestOptions(modbus=False))
+        try:
+            await service.start()
+        except OSError as exc:
+            logging.getLogger("grassroots.demo").warning(
+                "demo telemetry intake not started (%s); run `grassroots ingest` instead", exc)
+            return
+        await asyncio.Event().wait()
+
+    threading.Thread(target=asyncio.run, args=(run(),), name="ingest", daemon=True).start()
 
 
 def _read_password(prompt: str) -> str:
@@ -188,18 +206,48 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    """Periodic work: the SLA sweeper. Run several; they coordinate through the database."""
+    """Periodic work. Run several workers; they coordinate through the database."""
     import signal
     import threading
-
-    from grassroots.command.jobs import run_sweeper
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print("worker running: SLA sweeper (Ctrl-C stops it)")
-    run_sweeper(runtime=_runtime(settings), stop=stop)
+    threads = _start_jobs(_runtime(settings), stop)
+    print("worker running: " + ", ".join(t.name for t in threads) + " (Ctrl-C stops it)")
+    while not stop.wait(1.0):
+        pass
+    for thread in threads:
+        thread.join(timeout=10)
     return 0
+
+
+def _start_jobs(runtime: Runtime, stop: Any) -> list[Any]:
+    """The periodic jobs, each in a thread: SLA sweeper, irrigation alarms, derived flows."""
+    import threading
+
+    from grassroots.command.jobs import run_sweeper
+    from grassroots.irrigation.alarms import run_alarm_job
+    from grassroots.irrigation.derive import run_derive_job
+
+    jobs: list[tuple[str, Callable[..., object], dict[str, Any]]] = [
+            ("sla-sweeper", run_sweeper, {"runtime": runtime, "stop": stop}),
+            ("irrigation-alarms", run_alarm_job, {"runtime": runtime, "stop": stop}),
+            ("derived-flows", run_derive_job, {"runtime": runtime, "stop": stop})]
+    threads = [threading.Thread(target=target, name=name, kwargs=kwargs, daemon=True)
+               for name, target, kwargs in jobs]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def cmd_irrigation_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from grassroots.irrigation.simulator import cli_simulate
+
+    return cli_simulate(settings, mqtt_host=args.mqtt_host, mqtt_port=args.mqtt_port,
+                        sl651_host=args.sl651_host, sl651_port=args.sl651_port,
+                        modbus=not args.no_modbus, speed=args.speed, duration_s=args.duration,
+                        season_day=args.season_day, fault_rate=args.fault_rate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,6 +321,21 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--mqtt-port", type=int, default=1883)
     ingest.add_argument("--sl651-port", type=int, default=5651)
     ingest.add_argument("--no-modbus", action="store_true")
+
+    irrigation = sub.add_parser("irrigation", help="irrigation district").add_subparsers(
+        dest="irrigation_command", required=True)
+    sim = add("simulate", cmd_irrigation_simulate,
+              "run simulated field devices of the demo district (MQTT, SL 651, Modbus)", irrigation)
+    sim.add_argument("--mqtt-host", default="127.0.0.1")
+    sim.add_argument("--mqtt-port", type=int, default=1883)
+    sim.add_argument("--sl651-host", default="127.0.0.1")
+    sim.add_argument("--sl651-port", type=int, default=5651)
+    sim.add_argument("--no-modbus", action="store_true")
+    sim.add_argument("--speed", type=float, default=1.0)
+    sim.add_argument("--duration", type=float, default=None, help="seconds; default: until Ctrl-C")
+    sim.add_argument("--season-day", type=date.fromisoformat, default=None,
+                     help="follow this day's delivery plan, e.g. 2025-07-11")
+    sim.add_argument("--fault-rate", type=float, default=0.02, help="faults per device per hour")
     return parser
 
 

@@ -5,6 +5,7 @@ It lives outside db.py so that the kernel, which imports db, never imports a dom
 
 from grassroots.command import models as command_models  # noqa: F401
 from grassroots.command.open311 import models as open311_models  # noqa: F401
+from grassroots.irrigation import alarm_models as irrigation_alarm_models  # noqa: F401
 from grassroots.irrigation.accounting import models as irrigation_accounting_models  # noqa: F401
 from grassroots.irrigation.network import models as irrigation_network_models  # noqa: F401
 from grassroots.irrigation.telemetry import models as irrigation_telemetry_models  # noqa: F401
