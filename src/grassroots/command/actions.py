@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -207,13 +208,24 @@ def _free(session: Session, user_ids: Sequence[int], now: datetime) -> None:
             ).values(state=ResponderState.AVAILABLE, updated_at=now))
 
 
-def _claim(session: Session, user_id: int, now: datetime) -> bool:
-    """Mark an available responder busy by compare-and-set, so two dispatches never share one."""
-    if _rowcount(session, update(ResponderStatus).where(
-            ResponderStatus.user_id == user_id,
-            ResponderStatus.state == ResponderState.AVAILABLE,
-    ).values(state=ResponderState.BUSY, updated_at=now)) == 1:
+def _claim(session: Session, user_id: int, now: datetime, *, skip_locked: bool = False,
+           has_status: bool | None = None) -> bool:
+    """Mark an available responder busy by compare-and-set, so two dispatches never share one.
+
+    skip_locked: on PostgreSQL, a responder another transaction is claiming right now counts
+    as taken at once, instead of waiting for that transaction to end (the caller moves on to
+    the next nearest). SQLite has one writer at a time, so it never waits on a claim anyway.
+    """
+    match = [ResponderStatus.user_id == user_id,
+             ResponderStatus.state == ResponderState.AVAILABLE]
+    if skip_locked and session.get_bind().dialect.name == "postgresql":
+        match = [ResponderStatus.user_id == select(ResponderStatus.user_id).where(*match)
+                 .with_for_update(skip_locked=True).scalar_subquery()]
+    if _rowcount(session, update(ResponderStatus).where(*match)
+                 .values(state=ResponderState.BUSY, updated_at=now)) == 1:
         return True
+    if has_status:  # known to have a status row, so it is busy, off or being claimed
+        return False
     inserted = session.execute(
         _insert(session)(ResponderStatus)
         .values(user_id=user_id, state=ResponderState.BUSY, updated_at=now)
@@ -243,12 +255,40 @@ def _require_assigned(session: Session, incident_id: int, actor: Actor) -> Assig
     return assignment
 
 
+@dataclass
+class _Fresh:
+    """An incident inserted by this very transaction, and the clocks it has started so far.
+
+    No other transaction can see its row before COMMIT, so its steps have no version to
+    compare against: they change the object and these clocks in memory, and the unit of work
+    writes the outcome with the transaction's other rows.
+    """
+
+    deadlines: list[Deadline] = field(default_factory=list)
+    # (actor, action, detail) of the audit rows its steps owe, recorded once it has a number.
+    audits: list[tuple[Actor, str, dict[str, Any]]] = field(default_factory=list)
+
+    def settle(self, kinds: frozenset[DeadlineKind], to: DeadlineState, now: datetime) -> None:
+        for deadline in self.deadlines:  # as _settle does in SQL
+            if deadline.kind in kinds and deadline.state == DeadlineState.OPEN:
+                deadline.state, deadline.settled_at = to, now
+                deadline.version += 1
+
+    def has_open(self, kind: DeadlineKind) -> bool:
+        return any(d.kind == kind and d.state in (DeadlineState.OPEN, DeadlineState.PAUSED)
+                   for d in self.deadlines)
+
+
 def _step(session: Session, runtime: Runtime, actor: Actor, incident: Incident, action: Action, *,
           reason: str | None = None, expected_version: int | None = None,
           context: TransitionContext | None = None, values: Mapping[str, Any] | None = None,
           detail: Mapping[str, Any] | None = None, source_ip: str | None = None,
-          keep_busy: Sequence[int] = ()) -> TransitionRule:
-    """Check the rule, compare-and-set the incident, save the Flip and the audit row."""
+          keep_busy: Sequence[int] = (), fresh: _Fresh | None = None) -> TransitionRule:
+    """Check the rule, compare-and-set the incident, save the Flip and the audit row.
+
+    With `fresh` (an incident created in this transaction) the change is made to the object
+    instead, `values` must be plain values, and the clocks settled are fresh's.
+    """
     rule = check_transition(incident.state, action, actor.role, reason=reason, context=context)
     if expected_version is not None and expected_version != incident.version:
         raise Conflict("command.error.concurrent_change")
@@ -257,40 +297,57 @@ def _step(session: Session, runtime: Runtime, actor: Actor, incident: Incident, 
     to_state = rule.to_state or from_state
     if rule.restores_previous:
         to_state = incident.state_before_suspend or IncidentState.REGISTERED
-    changes: dict[str, Any] = {"state": to_state, "version": Incident.version + 1}
+    changes: dict[str, Any] = {"state": to_state}
     stamp = TIMESTAMPS.get(rule.action)
     if stamp is not None and (not stamp[1] or getattr(incident, stamp[0]) is None):
         changes[stamp[0]] = now
     changes.update(values or {})
-    won = _rowcount(session, update(Incident).where(
-        Incident.id == incident.id, Incident.version == incident.version).values(**changes))
-    if won != 1:
-        raise Conflict("command.error.concurrent_change")
+    if fresh is not None:
+        for name, value in changes.items():
+            setattr(incident, name, value)
+        incident.version += 1
+    else:
+        # RETURNING reloads the row we just changed into `incident` (populate_existing), which
+        # saves the SELECT a refresh afterwards would cost; an empty answer is a lost race.
+        won = session.execute(
+            update(Incident)
+            .where(Incident.id == incident.id, Incident.version == incident.version)
+            .values(**changes, version=Incident.version + 1).returning(Incident),
+            execution_options={"synchronize_session": False, "populate_existing": True},
+        ).scalars().all()
+        if len(won) != 1:
+            raise Conflict("command.error.concurrent_change")
     details = {"from": from_state.value, "to": to_state.value, **(detail or {})}
     session.add(IncidentTransition(
         incident_id=incident.id, from_state=from_state, to_state=to_state, action=rule.action,
         reason=reason, actor=actor.username, actor_id=actor.id, at=now,
         detail=json.dumps(details, ensure_ascii=False, sort_keys=True, default=str)))
-    _audit(session, runtime, actor, f"incident:transition:{rule.action}", "incident", incident.id,
-           source_ip, {"number": incident.number, "reason": reason, **details})
+    if fresh is not None:
+        fresh.audits.append((actor, f"incident:transition:{rule.action}",
+                             {"reason": reason, **details}))
+    else:
+        _audit(session, runtime, actor, f"incident:transition:{rule.action}", "incident",
+               incident.id, source_ip, {"number": incident.number, "reason": reason, **details})
     for kinds, settled in DEADLINE_EFFECTS.get(rule.action, ()):
-        _settle(session, incident.id, kinds, settled, now)
+        if fresh is not None:
+            fresh.settle(kinds, settled, now)
+        else:
+            _settle(session, incident.id, kinds, settled, now)
     released = RELEASES.get(rule.action)
-    if released:
+    if released and fresh is None:  # a fresh incident has no assignments to end yet
         _release_keeping(session, incident.id, released, now, keep_busy)
-    session.refresh(incident)
     return rule
 
 
 def _release_keeping(session: Session, incident_id: int, roles: frozenset[ResponseRole],
                      now: datetime, keep_busy: Sequence[int]) -> None:
-    users = [u for u in session.scalars(select(Assignment.user_id).where(
-        Assignment.incident_id == incident_id, Assignment.ended_at.is_(None),
-        Assignment.role.in_(list(roles)))) if u not in keep_busy]
-    _rowcount(session, update(Assignment).where(
-        Assignment.incident_id == incident_id, Assignment.ended_at.is_(None),
-        Assignment.role.in_(list(roles))).values(ended_at=now))
-    _free(session, users, now)
+    ended = session.scalars(
+        update(Assignment).where(
+            Assignment.incident_id == incident_id, Assignment.ended_at.is_(None),
+            Assignment.role.in_(list(roles))).values(ended_at=now)
+        .returning(Assignment.user_id),
+        execution_options={"synchronize_session": False})
+    _free(session, [u for u in ended if u not in keep_busy], now)
 
 
 # --- categories --------------------------------------------------------------------------------
@@ -415,6 +472,7 @@ class IntakeResult:
     created: bool
     duplicate_candidates: list[Incident] = field(default_factory=list)
     assigned_user_ids: list[int] = field(default_factory=list)
+    category: IncidentCategory | None = None  # set when created
 
 
 def _check_location(lon: float | None, lat: float | None, address_text: str | None) -> None:
@@ -487,14 +545,11 @@ def intake(*, session: Session, runtime: Runtime, actor: Actor, channel: Channel
                 if existing is not None:
                     _same_request(existing, fingerprint)
                     return IntakeResult(incident=existing, created=False)
-            result = _intake(session, runtime, actor, channel, client, category_code, calendar,
-                             locator, lon, lat, address_text, description, title,
-                             idempotency_key, external_ref, reporter_phone, reporter_name,
-                             attributes, urgency, received_at, auto_register, auto_dispatch,
-                             source_ip)
-            if fingerprint:
-                result.incident.request_fingerprint = fingerprint
-            return result
+            return _intake(session, runtime, actor, channel, client, category_code, calendar,
+                           locator, lon, lat, address_text, description, title,
+                           idempotency_key, external_ref, reporter_phone, reporter_name,
+                           attributes, urgency, received_at, auto_register, auto_dispatch,
+                           source_ip, fingerprint)
     except IntegrityError:
         # Two submissions with one key raced; the loser returns the winner's incident.
         if not idempotency_key:
@@ -529,7 +584,7 @@ def _intake(session: Session, runtime: Runtime, actor: Actor, channel: Channel, 
             reporter_phone: str | None, reporter_name: str | None,
             attributes: Mapping[str, Any] | None, urgency: int | None,
             received_at: datetime | None, auto_register: bool, auto_dispatch: bool,
-            source_ip: str | None) -> IntakeResult:
+            source_ip: str | None, fingerprint: str | None) -> IntakeResult:
     now = runtime.clock.now()
     received = received_at or now
     if received > now:
@@ -551,7 +606,7 @@ def _intake(session: Session, runtime: Runtime, actor: Actor, channel: Channel, 
                                               lat=lat, at=received)
     crypto = runtime.crypto
     incident = Incident(
-        number=_next_number(session, received), category_id=category.id, channel=channel,
+        number=_provisional_number(), category_id=category.id, channel=channel,
         client_ref=client, external_ref=external_ref, idempotency_key=idempotency_key,
         title=title, description=description, lon=lon, lat=lat, address_text=address_text,
         urgency=urgency or category.urgency, state=IncidentState.RECEIVED,
@@ -563,33 +618,57 @@ def _intake(session: Session, runtime: Runtime, actor: Actor, channel: Channel, 
         reporter_name_enc=crypto.encrypt(reporter_name, context=queries.NAME_CONTEXT)
         if reporter_name else None,
         needs_duplicate_review=bool(duplicates), created_by=actor.username,
-        received_at=received, version=1, **_regions(locator, lon, lat))
+        received_at=received, version=1, request_fingerprint=fingerprint or None,
+        **_regions(locator, lon, lat))
+    people: list[tuple[int, float | None]] = []
+    if auto_register and auto_dispatch:
+        # The nearest available on-duty people of the right unit; none found → the incident
+        # stays registered for a person to dispatch.
+        people = _claim_nearest(session, incident, category.unit_type,
+                                FIRST_RESPONDERS_BY_URGENCY[incident.urgency],
+                                runtime.clock.now(), skip_locked=True)
     session.add(incident)
     session.flush()
+    fresh = _Fresh()
     session.add(IncidentTransition(
         incident_id=incident.id, from_state=None, to_state=IncidentState.RECEIVED,
         action="receive", actor=actor.username, actor_id=actor.id, at=now,
         detail=json.dumps({"channel": channel.value}, sort_keys=True)))
-    _audit(session, runtime, actor, "incident:create", "incident", incident.id, source_ip, {
-        "number": incident.number, "channel": channel.value, "category": category.code,
-        "zone_id": incident.zone_id, "duplicate_candidates": [d.number for d in duplicates]})
-    _new_deadline(session, incident_id=incident.id, kind=DeadlineKind.DISPATCH, start=received,
-                  due=received + CALL_PROCESSING_LIMIT)
-    assigned: list[int] = []
+    fresh.audits.append((actor, "incident:create", {
+        "channel": channel.value, "category": category.code, "zone_id": incident.zone_id,
+        "duplicate_candidates": [d.number for d in duplicates]}))
+    fresh.deadlines.append(_new_deadline(
+        session, incident_id=incident.id, kind=DeadlineKind.DISPATCH, start=received,
+        due=received + CALL_PROCESSING_LIMIT))
     if auto_register:
-        _step(session, runtime, AUTO_DISPATCH, incident, Action.REGISTER, source_ip=source_ip)
-    if auto_register and auto_dispatch:
-        assigned = _auto_dispatch(session, runtime, AUTO_DISPATCH, incident, category, calendar,
-                                  source_ip=source_ip)
+        _step(session, runtime, AUTO_DISPATCH, incident, Action.REGISTER, source_ip=source_ip,
+              fresh=fresh)
+    if people:
+        _send(session, runtime, AUTO_DISPATCH, incident, category, calendar, people,
+              source_ip=source_ip, fresh=fresh)
+    session.flush()
+    # Only now the day's public number: its counter row is the one lock every intake shares,
+    # held from here to COMMIT, so everything else is written already. Until then the row
+    # carries a unique placeholder that no other transaction can see. The audit rows, which
+    # name the number, are recorded here too (in the order of the steps) and written at COMMIT.
+    incident.number = _next_number(session, received)
+    for audit_actor, audit_action, audit_detail in fresh.audits:
+        _audit(session, runtime, audit_actor, audit_action, "incident", incident.id, source_ip,
+               {"number": incident.number, **audit_detail})
     return IntakeResult(incident=incident, created=True, duplicate_candidates=duplicates,
-                        assigned_user_ids=assigned)
+                        assigned_user_ids=[user_id for user_id, _ in people], category=category)
+
+
+def _provisional_number() -> str:
+    # Unique, never committed: _intake replaces it with the day's number before COMMIT.
+    return "~" + secrets.token_hex(15)
 
 
 # --- dispatch ----------------------------------------------------------------------------------
 
 
 def _claim_nearest(session: Session, incident: Incident, unit_type: UnitType | str, count: int,
-                   now: datetime) -> list[tuple[int, float | None]]:
+                   now: datetime, *, skip_locked: bool = False) -> list[tuple[int, float | None]]:
     if incident.zone_id is None or count <= 0:
         return []
     claimed: list[tuple[int, float | None]] = []
@@ -598,7 +677,8 @@ def _claim_nearest(session: Session, incident: Incident, unit_type: UnitType | s
                                      lat=incident.lat):
         if candidate.state != ResponderState.AVAILABLE:
             break  # the list puts available people first
-        if _claim(session, candidate.user_id, now):
+        if _claim(session, candidate.user_id, now, skip_locked=skip_locked,
+                  has_status=candidate.has_status):
             claimed.append((candidate.user_id, candidate.distance_m))
             if len(claimed) == count:
                 break
@@ -608,39 +688,39 @@ def _claim_nearest(session: Session, incident: Incident, unit_type: UnitType | s
 def _send(session: Session, runtime: Runtime, actor: Actor, incident: Incident,
           category: IncidentCategory, calendar: WorkingCalendar,
           people: list[tuple[int, float | None]], *, reason: str | None = None,
-          expected_version: int | None = None, source_ip: str | None = None) -> None:
+          expected_version: int | None = None, source_ip: str | None = None,
+          fresh: _Fresh | None = None) -> None:
     now = runtime.clock.now()
     user_ids = [user_id for user_id, _ in people]
     _step(session, runtime, actor, incident, Action.DISPATCH, reason=reason,
           expected_version=expected_version, keep_busy=user_ids, source_ip=source_ip,
-          detail={"to": user_ids, "unit_type": category.unit_type.value})
+          detail={"to": user_ids, "unit_type": category.unit_type.value}, fresh=fresh)
     for user_id, distance in people:
         session.add(Assignment(
             incident_id=incident.id, user_id=user_id, role=ResponseRole.FIRST_RESPONDER,
             unit_type=category.unit_type, distance_m=distance, assigned_by=actor.username,
             assigned_at=now))
     if category.on_scene_required:
-        _new_deadline(session, incident_id=incident.id, kind=DeadlineKind.FIRST_ON_SCENE,
-                      start=now, due=now + FIRST_RESPONSE_LIMIT)
-    has_handling = session.scalar(select(exists().where(
-        Deadline.incident_id == incident.id, Deadline.kind == DeadlineKind.HANDLING,
-        Deadline.state.in_([DeadlineState.OPEN, DeadlineState.PAUSED]))))
+        on_scene = _new_deadline(session, incident_id=incident.id,
+                                 kind=DeadlineKind.FIRST_ON_SCENE, start=now,
+                                 due=now + FIRST_RESPONSE_LIMIT)
+        if fresh is not None:
+            fresh.deadlines.append(on_scene)
+    if fresh is not None:
+        has_handling = fresh.has_open(DeadlineKind.HANDLING)
+    else:
+        has_handling = bool(session.scalar(select(exists().where(
+            Deadline.incident_id == incident.id, Deadline.kind == DeadlineKind.HANDLING,
+            Deadline.state.in_([DeadlineState.OPEN, DeadlineState.PAUSED])))))
     if not has_handling:
         # The unit's limit runs from when it receives the order (12345 practice).
-        _new_deadline(session, incident_id=incident.id, kind=DeadlineKind.HANDLING, start=now,
-                      due=handling_due(category.limit_value, category.limit_unit, now, calendar))
-    session.flush()
-
-
-def _auto_dispatch(session: Session, runtime: Runtime, actor: Actor, incident: Incident,
-                   category: IncidentCategory, calendar: WorkingCalendar, *,
-                   source_ip: str | None) -> list[int]:
-    """Send the nearest available on-duty people of the right unit; none found → stays put."""
-    count = FIRST_RESPONDERS_BY_URGENCY[incident.urgency]
-    people = _claim_nearest(session, incident, category.unit_type, count, runtime.clock.now())
-    if people:
-        _send(session, runtime, actor, incident, category, calendar, people, source_ip=source_ip)
-    return [user_id for user_id, _ in people]
+        handling = _new_deadline(
+            session, incident_id=incident.id, kind=DeadlineKind.HANDLING, start=now,
+            due=handling_due(category.limit_value, category.limit_unit, now, calendar))
+        if fresh is not None:
+            fresh.deadlines.append(handling)
+    if fresh is None:
+        session.flush()
 
 
 def dispatch(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,

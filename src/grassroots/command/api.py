@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sqlalchemy.orm import Session
 
 from grassroots.command import actions, queries
-from grassroots.command.context import current_calendar, current_locator
+from grassroots.command.context import current_calendar, intake_context
+from grassroots.command.models import Incident, IncidentCategory
 from grassroots.command.police import FakePoliceDesk, PoliceDesk
 from grassroots.command.request_deps import (
     ClientIp,
@@ -66,8 +67,13 @@ PoliceDeskDep = Annotated[PoliceDesk, Depends(get_police_desk)]
 def incident_out(session: Session, runtime: Runtime, incident_id: int, user: User,
                  language: str) -> IncidentOut:
     incident = queries.incident_for(session=session, user=user, incident_id=incident_id)
+    return _out(session, runtime, incident, language)
+
+
+def _out(session: Session, runtime: Runtime, incident: Incident, language: str,
+         category: IncidentCategory | None = None) -> IncidentOut:
     view = queries.incident_view(session=session, crypto=runtime.crypto, incident=incident,
-                                 now=runtime.clock.now())
+                                 now=runtime.clock.now(), category=category)
     return IncidentOut.of(view, language)
 
 
@@ -89,17 +95,24 @@ def create_incident(
     with 200 instead of 201; the same key with a different body is refused with 422.
     """
     lon, lat = to_wgs84(body.lon, body.lat, body.crs)
+    calendar, locator = intake_context(session)
     result = actions.enter_incident(
         session=session, runtime=runtime, actor=user, channel=body.channel,
-        category_code=body.category_code, calendar=current_calendar(session),
-        locator=current_locator(session), lon=lon, lat=lat, address_text=body.address_text,
+        category_code=body.category_code, calendar=calendar,
+        locator=locator, lon=lon, lat=lat, address_text=body.address_text,
         description=body.description, reporter_phone=body.reporter_phone,
         reporter_name=body.reporter_name, attributes=body.attributes, urgency=body.urgency,
         idempotency_key=idempotency_key, police_ref=body.police_ref,
         fingerprint=actions.request_fingerprint(body.model_dump(mode="json")), source_ip=ip)
     if not result.created:
         response.status_code = 200
-    out = incident_out(session, runtime, result.incident.id, user, language)
+    if result.created and result.incident.created_by == user.username:
+        # The incident this request just wrote and committed is loaded as it stands (the
+        # action reloads the row at each step), and incident_scope lets everyone see what they
+        # reported, so neither the re-read nor the scope lookup of incident_for is needed.
+        out = _out(session, runtime, result.incident, language, result.category)
+    else:
+        out = incident_out(session, runtime, result.incident.id, user, language)
     return IncidentCreated(**out.model_dump(), created=result.created,
                            duplicate_candidates=[d.number for d in result.duplicate_candidates])
 

@@ -518,15 +518,20 @@ class IncidentView:
 
 
 def incident_view(*, session: Session, crypto: CryptoProvider, incident: Incident,
-                  now: datetime) -> IncidentView:
-    category = session.get(IncidentCategory, incident.category_id)
+                  now: datetime, category: IncidentCategory | None = None) -> IncidentView:
+    """The incident with its surroundings; pass its `category` if already loaded."""
+    if category is None or category.id != incident.category_id:
+        category = session.get(IncidentCategory, incident.category_id)
     assert category is not None  # a foreign key
-    assignments = assignments_of(session=session, incident_id=incident.id)
-    user_ids = {a.user_id for a in assignments}
-    names = _names(session, user_ids)
-    states = {user_id: state for user_id, state in session.execute(
-        select(ResponderStatus.user_id, ResponderStatus.state)
-        .where(ResponderStatus.user_id.in_(list(user_ids)))).tuples()} if user_ids else {}
+    # Each assignment with its person's name and current state, in one query.
+    rows = session.execute(
+        select(Assignment, User.display_name, ResponderStatus.state)
+        .outerjoin(User, User.id == Assignment.user_id)
+        .outerjoin(ResponderStatus, ResponderStatus.user_id == Assignment.user_id)
+        .where(Assignment.incident_id == incident.id).order_by(Assignment.id)).tuples().all()
+    assignments = [assignment for assignment, _, _ in rows]
+    names = {a.user_id: name for a, name, _ in rows if name is not None}
+    states = {a.user_id: state for a, _, state in rows if state is not None}
     regions = _region_names(session, {incident.zone_id, incident.grid_id, incident.micro_grid_id})
     phone = crypto.decrypt(incident.reporter_phone_enc, context=PHONE_CONTEXT) \
         if incident.reporter_phone_enc else None

@@ -9,7 +9,7 @@ rendered by the app's handlers (a signed-out visitor to a page is sent to log in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
@@ -23,8 +23,12 @@ from grassroots.kernel.errors import NotAuthenticated, PermissionDenied
 from grassroots.kernel.i18n import DEFAULT_LANGUAGE, translate
 from grassroots.runtime import Runtime
 
+# The small dependencies here are `async def` on purpose: FastAPI runs a plain `def` dependency
+# in the thread pool, one hop per dependency per request, and these do no I/O. get_session
+# stays `def`, since closing a session may talk to the database.
 
-def get_runtime(request: Request) -> Runtime:
+
+async def get_runtime(request: Request) -> Runtime:
     return cast(Runtime, request.app.state.runtime)
 
 
@@ -40,14 +44,18 @@ def get_session(runtime: RuntimeDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_language(request: Request) -> str:
+def language_of(request: Request) -> str:
     return str(getattr(request.state, "language", None) or DEFAULT_LANGUAGE)
+
+
+async def get_language(request: Request) -> str:
+    return language_of(request)
 
 
 LanguageDep = Annotated[str, Depends(get_language)]
 
 
-def get_current_user(request: Request) -> User:
+async def get_current_user(request: Request) -> User:
     user = getattr(request.state, "user", None)
     if user is None:
         raise NotAuthenticated()
@@ -66,17 +74,17 @@ def as_actor(user: User) -> Actor:
     return cast(Actor, user)
 
 
-def client_ip(request: Request) -> str | None:
+async def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
 ClientIp = Annotated[str | None, Depends(client_ip)]
 
 
-def require_any(*permissions: Permission) -> Callable[..., User]:
+def require_any(*permissions: Permission) -> Callable[..., Awaitable[User]]:
     """A dependency returning the signed-in user if their role grants any of `permissions`."""
 
-    def check(user: CurrentUser) -> User:
+    async def check(user: CurrentUser) -> User:
         if not any(has_permission(user.role, permission) for permission in permissions):
             raise PermissionDenied()
         return user
@@ -87,7 +95,7 @@ def require_any(*permissions: Permission) -> Callable[..., User]:
 def render(request: Request, template: str, status_code: int = 200,
            **values: Any) -> HTMLResponse:
     """A page with the context every template expects (as grassroots.web.templating gives)."""
-    language = get_language(request)
+    language = language_of(request)
     context: dict[str, Any] = {
         "request": request,
         "lang": language,

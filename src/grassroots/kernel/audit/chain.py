@@ -2,7 +2,8 @@
 
 mac[n] = HMAC-SM3(key, mac[n-1] | seq | at | actor | action | object | outcome | ip | detail).
 Changing, deleting or reordering any row breaks the chain from that row on; the head row
-anchors the tail so that deleting the newest rows is caught too.
+anchors the tail so that deleting the newest rows is caught too. `record` queues a row in the
+session; the rows are chained and written just before the transaction commits.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import event, select, update
+from sqlalchemy.orm import Session, SessionTransaction
 
 from grassroots.kernel.audit.models import AuditHead, AuditRow
 
@@ -38,18 +39,28 @@ def _canonical(row: AuditRow, previous_mac: str) -> bytes:
     return "\x1f".join(fields).encode()
 
 
-def _lock_head(session: Session) -> tuple[int, str]:
-    """Bump the head's sequence first: that row lock (a write lock on SQLite) orders appenders."""
+def _lock_head(session: Session, count: int) -> tuple[int, str]:
+    """Reserve `count` sequence numbers; that row lock (a write lock on SQLite) orders appenders.
+
+    Returns the first reserved number and the MAC of the row before it.
+    """
     result = session.execute(
         update(AuditHead).where(AuditHead.id == HEAD_ID)
-        .values(last_seq=AuditHead.last_seq + 1)
+        .values(last_seq=AuditHead.last_seq + count)
         .returning(AuditHead.last_seq, AuditHead.last_mac)
     ).first()
     if result is None:
-        session.add(AuditHead(id=HEAD_ID, last_seq=1, last_mac=""))
+        session.add(AuditHead(id=HEAD_ID, last_seq=count, last_mac=""))
         session.flush()
         return 1, ""
-    return int(result[0]), str(result[1])
+    return int(result[0]) - count + 1, str(result[1])
+
+
+@dataclass
+class _Pending:
+    row: AuditRow
+    runtime: Runtime
+    transaction: SessionTransaction | None
 
 
 def record(
@@ -64,10 +75,15 @@ def record(
     source_ip: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> AuditRow:
-    """Append one audit row inside the caller's transaction (the caller commits)."""
-    seq, previous_mac = _lock_head(session)
+    """Append one audit row to the caller's transaction; it is written when that commits.
+
+    The head row is the one lock every writer shares, so it is taken as the last statement
+    before COMMIT (see _append_pending), not here: the chain stays exact and gapless, while
+    the head stays locked only for that final append instead of for the whole action. A
+    rollback (of the transaction, or of the savepoint the row was recorded in) drops the row.
+    """
     row = AuditRow(
-        seq=seq,
+        seq=0,
         at=runtime.clock.now(),
         actor=actor,
         action=action,
@@ -79,10 +95,66 @@ def record(
         key_id="",
         mac="",
     )
-    row.key_id, row.mac = runtime.crypto.mac(_canonical(row, previous_mac))
-    session.add(row)
-    session.execute(update(AuditHead).where(AuditHead.id == HEAD_ID).values(last_mac=row.mac))
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    session.info.setdefault(_PENDING, []).append(_Pending(row, runtime, transaction))
     return row
+
+
+_PENDING = "grassroots.audit.pending"
+
+
+@event.listens_for(Session, "before_commit")
+def _append_pending(session: Session) -> None:
+    """Write the transaction's recorded rows: lock the head, chain the MACs, insert, move it.
+
+    The action's own writes are flushed first, so that the head's lock is the last one the
+    transaction takes. `at` is stamped here too, under the lock, so it rises with `seq` as it
+    did when rows were appended one by one.
+    """
+    pending: list[_Pending] = session.info.pop(_PENDING, [])
+    if not pending:
+        return
+    session.flush()
+    seq, previous_mac = _lock_head(session, len(pending))
+    for item in pending:
+        row = item.row
+        row.seq = seq
+        row.at = item.runtime.clock.now()
+        row.key_id, row.mac = item.runtime.crypto.mac(_canonical(row, previous_mac))
+        previous_mac = row.mac
+        seq += 1
+    session.add_all(item.row for item in pending)
+    session.flush()
+    session.execute(update(AuditHead).where(AuditHead.id == HEAD_ID)
+                    .values(last_mac=previous_mac))
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
+    """Rows recorded in the rolled-back transaction (or a savepoint inside it) are not written."""
+    pending: list[_Pending] | None = session.info.get(_PENDING)
+    if not pending:
+        return
+
+    def inside(transaction: SessionTransaction | None) -> bool:
+        while transaction is not None:
+            if transaction is previous_transaction:
+                return True
+            transaction = transaction.parent
+        return False
+
+    kept = [item for item in pending if not inside(item.transaction)]
+    if kept:
+        session.info[_PENDING] = kept
+    else:
+        session.info.pop(_PENDING, None)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_unwritten(session: Session, transaction: SessionTransaction) -> None:
+    # A session closed without commit or rollback (or a failed commit) leaves nothing behind.
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)
 
 
 @dataclass

@@ -665,11 +665,13 @@ def user_for_api_token(*, session: Session, runtime: Runtime, token: str) -> Use
     """The active user a live token acts as, or None for an unknown, revoked or malformed one."""
     if not token.startswith(API_TOKEN_PREFIX) or len(token) > MAX_TOKEN_LENGTH:
         return None
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _token_hash(token)))
-    if row is None or row.revoked_at is not None:
+    found = session.execute(
+        select(ApiToken, User).join(User, User.id == ApiToken.user_id)
+        .where(ApiToken.token_hash == _token_hash(token))).first()
+    if found is None:
         return None
-    user = session.get(User, row.user_id)
-    if user is None or not user.is_active:
+    row, user = found
+    if row.revoked_at is not None or not user.is_active:
         return None
     now = runtime.clock.now()
     if row.last_used_at is None or now - row.last_used_at >= API_TOKEN_TOUCH_INTERVAL:
