@@ -1,7 +1,8 @@
 """Incident intake through the HTTP API: sustained incidents/s, HTTP and receipt→dispatch latency.
 
 Run: .venv/bin/python bench/intake.py [--duration 20] [--warmup 3] [--workers 1,2]
-                                      [--connections 16] [--rate 0] [--backends sqlite,postgresql]
+         [--connections 16] [--threads 0] [--rate 0] [--responders 10]
+         [--backends sqlite,postgresql]
 
 For each backend the bench creates its own database (PostgreSQL ``gr_bench_intake_<pid>``,
 SQLite in a temporary directory), migrates it, seeds the demo street (grassroots.demo.seed) and
@@ -11,14 +12,16 @@ no row inherits the incidents, duplicate candidates or busy responders of the on
 
 The server is uvicorn in a subprocess (``--workers N``) serving create_app() plus one empty
 route, GET /bench/empty, added by this file's own factory (the product has no such route); it
-passes through the same middleware stack, so it is the ceiling of this server setup. A separate
-load-generator process (asyncio over raw HTTP/1.1 keep-alive connections, so that it costs the
-two cores little) first drives the empty route, then POST /api/v1/incidents, each for
-``--warmup`` + ``--duration`` seconds. Only requests sent after the warm-up and answered before
-the end count; incidents/s counts 2xx answers only, everything else is reported as errors.
-``--rate 0`` (the default) is closed-loop: every connection sends its next request as soon as
-the last answer arrives, which measures the most the server sustains. ``--rate R`` is open-loop
-at R requests/s, with latency taken from when each request was due, so queueing shows.
+passes through the same middleware stack, so it is the ceiling of this server setup.
+``--threads N`` sets each worker's thread pool for sync routes (0 keeps anyio's 40), again in
+this file's factory. A separate load-generator process (asyncio over raw HTTP/1.1 keep-alive
+connections, so that it costs the two cores little) first drives the empty route, then
+POST /api/v1/incidents, each for ``--warmup`` + ``--duration`` seconds. Only requests sent after
+the warm-up and answered before the end count; incidents/s counts 2xx answers only, anything
+else is reported as errors. ``--rate 0`` (the default) is closed-loop: each connection sends
+its next request when the last answer arrives, which measures the most the server sustains.
+``--rate R`` is open-loop at R requests/s, with latency taken from when each request was due,
+so queueing shows.
 
 Each POST reports a new incident at a random point of the demo street that the locate index
 places in a zone (every one of them inside the dispatcher's scope), with a random active
@@ -30,8 +33,10 @@ and a bench-only "releaser" thread marks busy responders available again every 2
 straight to responder_status, outside the API, skipping rows an intake holds locked) — as if
 each finished at once; without them dispatching would stop after a few dozen incidents and
 the rest would skip the dispatch step. Receipt→dispatch comes from the database after the run:
-incident.dispatched_at − incident.received_at for the incidents received in the window. At the
-end the audit chain of every database is verified.
+incident.dispatched_at − incident.received_at for the incidents received in the window (both
+stamped inside the intake's transaction; the HTTP latency is the end-to-end figure). CPU is
+read from /proc over the measured window: the server's process group and, for PostgreSQL, the
+backends serving the bench database. At the end the audit chain of every database is verified.
 
 The bench stops by itself, and stops its server, load generator and databases on Ctrl-C or on
 any error.
@@ -85,14 +90,14 @@ def bench_app() -> Any:
     async def empty() -> dict[str, str]:
         return {}
 
-    threads = int(os.environ.get("GR_BENCH_THREADS", "0"))
+    threads = int(os.environ.get("GRASSROOTS_BENCH_THREADS", "0"))
     if threads:
         from anyio import to_thread
 
-        @app.middleware("http")
-        async def _limit(request: Any, call_next: Any) -> Any:
+        def limit_threads() -> None:  # the limiter belongs to the event loop, so set it there
             to_thread.current_default_thread_limiter().total_tokens = threads
-            return await call_next(request)
+
+        app.add_event_handler("startup", limit_threads)
 
     return app
 
@@ -561,7 +566,8 @@ def _ok(result: dict[str, Any]) -> int:
 def one_row(backend: str, url: str, workers: int, prepared: dict[str, Any],
             env: dict[str, str], args: argparse.Namespace, workdir: Path) -> Row:
     database = url.rsplit("/", 1)[1] if url.startswith("postgresql") else None
-    server_env = {**os.environ, **env, "GRASSROOTS_DATABASE_URL": url}
+    server_env = {**os.environ, **env, "GRASSROOTS_DATABASE_URL": url,
+                  "GRASSROOTS_BENCH_THREADS": str(args.threads)}
     log = workdir / f"server-{backend}-{workers}.log"
     with server(server_env, workers, log) as (port, pgid):
         common = {"host": "127.0.0.1", "port": port, "token": prepared["token"],
@@ -588,6 +594,7 @@ def one_row(backend: str, url: str, workers: int, prepared: dict[str, Any],
 def print_table(rows: list[Row], args: argparse.Namespace) -> None:
     mode = (f"open loop at {args.rate:g} req/s" if args.rate
             else f"closed loop, {args.connections} connections")
+    mode += f", {args.threads or 40} threads per worker"
     print(f"\nIntake bench — {mode}; {args.warmup:g} s warm-up, {args.duration:g} s measured "
           f"(ceiling {args.ceiling_duration:g} s); target ≥ {TARGET_RATE:g} incidents/s with "
           f"p99 receipt→dispatch ≤ {TARGET_P99_MS:g} ms on PostgreSQL\n")
@@ -671,6 +678,8 @@ def main() -> int:
     parser.add_argument("--ceiling-duration", type=float, default=10.0)
     parser.add_argument("--workers", default="1,2", help="uvicorn worker counts, e.g. 1,2")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="thread pool size per worker for sync routes (0: anyio's 40)")
     parser.add_argument("--rate", type=float, default=0.0,
                         help="open-loop requests/s (0: closed loop)")
     parser.add_argument("--backends", default="sqlite,postgresql")
@@ -681,7 +690,9 @@ def main() -> int:
     if args.loadgen:
         loadgen_main(*args.loadgen)
         return 0
+    # Both stop the bench the same way, even where SIGINT arrived ignored (a background job).
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     workers = [int(w) for w in args.workers.split(",")]
     backends = [b.strip() for b in args.backends.split(",")]
     facts_before = machine_facts()
@@ -729,4 +740,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as stopped:
+        print(f"\ninterrupted ({stopped}); server, load generator and databases cleaned up",
+              file=sys.stderr)
+        sys.exit(130)

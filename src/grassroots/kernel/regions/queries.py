@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from sqlalchemy import case, func, select
+from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
 from grassroots.kernel.auth.scope import path_in_scope, scope_clause
@@ -72,12 +72,15 @@ _cache: dict[str, tuple[tuple[int, int, int], LocateIndex]] = {}
 _cache_lock = threading.Lock()
 
 
+def tree_version_query() -> Select[tuple[int, int, int]]:
+    """The query behind tree_version, for callers that fold it into a query of their own."""
+    return select(func.count(Region.id), func.coalesce(func.max(Region.id), 0),
+                  func.coalesce(func.sum(Region.stamp), 0))
+
+
 def tree_version(session: Session) -> tuple[int, int, int]:
     """(count, max id, sum of row stamps): changes whenever any region row is written."""
-    count, max_id, stamps = session.execute(
-        select(func.count(Region.id), func.coalesce(func.max(Region.id), 0),
-               func.coalesce(func.sum(Region.stamp), 0))
-    ).one()
+    count, max_id, stamps = session.execute(tree_version_query()).one()
     return int(count), int(max_id), int(stamps)
 
 
@@ -88,10 +91,15 @@ def build_locate_index(*, session: Session, max_side: int = DEFAULT_MAX_SIDE) ->
                                     version=version)
 
 
-def get_locate_index(session: Session) -> LocateIndex:
-    """The cached index for this database, rebuilt when the tree's version has changed."""
+def get_locate_index(session: Session,
+                     version: tuple[int, int, int] | None = None) -> LocateIndex:
+    """The cached index for this database, rebuilt when the tree's version has changed.
+
+    `version` is tree_version(session) when the caller has just read it.
+    """
     key = session.get_bind().engine.url.render_as_string(hide_password=True)
-    version = tree_version(session)
+    if version is None:
+        version = tree_version(session)
     cached = _cache.get(key)
     if cached is not None and cached[0] == version:
         return cached[1]
