@@ -1,4 +1,4 @@
-"""The `grassroots` command: demo, serve, db, seed, user, audit, regions."""
+"""The `grassroots` command: demo, serve, db, seed, user, audit, regions, addresses, …"""
 
 from __future__ import annotations
 
@@ -163,6 +163,54 @@ def cmd_regions_export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_addresses_import(args: argparse.Namespace, settings: Settings) -> int:
+    """Standard addresses from a UTF-8 CSV with a header: code,text,lon,lat (WGS-84)."""
+    import csv
+
+    from grassroots.kernel.addresses.actions import AddressImportFailed, import_addresses
+    from grassroots.kernel.i18n import translate
+
+    runtime = _runtime(settings)
+    try:
+        with Path(args.file).open(encoding="utf-8-sig", newline="") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        print(f"{args.file}: cannot read a UTF-8 CSV file: {exc}", file=sys.stderr)
+        return 1
+    with runtime.session_factory() as session:
+        try:
+            created = import_addresses(session=session, runtime=runtime, actor="cli",
+                                       rows=rows[1:], first_row=2,
+                                       issue_plates=args.issue_plates)
+        except AddressImportFailed as exc:
+            for problem in exc.problems:
+                print(translate(problem.message_id, args.lang, row=problem.row,
+                                count=len(exc.problems), **problem.params), file=sys.stderr)
+            return 1
+    print(f"imported {created} standard addresses" + (" with a door plate each"
+                                                      if args.issue_plates else ""))
+    return 0
+
+
+def cmd_addresses_plates(args: argparse.Namespace, settings: Settings) -> int:
+    """The active door plates as CSV (token, address code, address), for printing QR codes."""
+    import csv
+
+    from grassroots.kernel.addresses.queries import active_plate_rows
+
+    runtime = _runtime(settings)
+    with runtime.session_factory() as session:
+        rows = active_plate_rows(session=session)
+    lines = [["token", "address_code", "address"], *rows]
+    if args.output == "-":
+        csv.writer(sys.stdout).writerows(lines)
+        return 0
+    with Path(args.output).open("w", encoding="utf-8", newline="") as handle:
+        csv.writer(handle).writerows(lines)
+    print(f"wrote {len(rows)} door plates to {args.output}")
+    return 0
+
+
 def cmd_calendar_import(args: argparse.Namespace, settings: Settings) -> int:
     from grassroots.kernel.calendar import CalendarDataError, import_year
 
@@ -301,6 +349,17 @@ def build_parser() -> argparse.ArgumentParser:
     exp = add("export", cmd_regions_export, "export regions as GeoJSON", regions)
     exp.add_argument("output", nargs="?", default="-")
     exp.add_argument("--level", default=None)
+
+    addresses_parser = sub.add_parser("addresses", help="standard addresses and door plates")
+    addresses = addresses_parser.add_subparsers(dest="addresses_command", required=True)
+    imp = add("import", cmd_addresses_import,
+              "import standard addresses from CSV (code,text,lon,lat); all rows or none", addresses)
+    imp.add_argument("file")
+    imp.add_argument("--issue-plates", action="store_true",
+                     help="issue a door plate (QR id) for each new address")
+    imp.add_argument("--lang", default="zh_CN", choices=["zh_CN", "en"])
+    add("plates", cmd_addresses_plates, "list active door plates as CSV, for printing",
+        addresses).add_argument("output", nargs="?", default="-")
 
     calendar = sub.add_parser("calendar", help="official working-day calendar").add_subparsers(
         dest="calendar_command", required=True)

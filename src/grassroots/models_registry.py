@@ -9,6 +9,7 @@ from grassroots.irrigation import alarm_models as irrigation_alarm_models  # noq
 from grassroots.irrigation.accounting import models as irrigation_accounting_models  # noqa: F401
 from grassroots.irrigation.network import models as irrigation_network_models  # noqa: F401
 from grassroots.irrigation.telemetry import models as irrigation_telemetry_models  # noqa: F401
+from grassroots.kernel.addresses import models as addresses_models  # noqa: F401
 from grassroots.kernel.audit import models as audit_models  # noqa: F401
 from grassroots.kernel.auth import models as auth_models  # noqa: F401
 from grassroots.kernel.calendar import models as calendar_models  # noqa: F401

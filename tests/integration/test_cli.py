@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from grassroots.cli import main
+from grassroots.kernel.addresses.models import DoorPlate, StandardAddress
 from grassroots.kernel.audit import record
 from grassroots.kernel.audit.models import AuditRow
 from grassroots.kernel.auth.models import User
@@ -75,3 +76,28 @@ def test_regions_export_writes_a_feature_collection(cli_env: None, tmp_path: Pat
     assert main(["regions", "export", str(target)]) == 0
     data = json.loads(target.read_text(encoding="utf-8"))
     assert data["type"] == "FeatureCollection"
+
+
+def test_addresses_import_is_all_or_nothing_and_plates_can_be_listed(
+    cli_env: None, session: Session, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("code,text,lon,lat\nA1,双福街道福城路1号,106.26,29.29\n"
+                   "A2,双福街道福城路2号,106.26,95\n", encoding="utf-8")
+    assert main(["addresses", "import", str(bad)]) == 1
+    assert "第3行" in capsys.readouterr().err
+    assert session.scalars(sa.select(StandardAddress)).all() == []
+
+    good = tmp_path / "good.csv"
+    good.write_text("code,text,lon,lat\nA1,双福街道福城路1号,106.26,29.29\n"
+                    "A2,双福街道福城路2号,106.27,29.29\n", encoding="utf-8")
+    assert main(["addresses", "import", str(good), "--issue-plates"]) == 0
+    assert "imported 2" in capsys.readouterr().out
+    listing = tmp_path / "plates.csv"
+    assert main(["addresses", "plates", str(listing)]) == 0
+    lines = listing.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "token,address_code,address"
+    assert [line.split(",")[1] for line in lines[1:]] == ["A1", "A2"]
+    session.rollback()
+    tokens = {plate.token for plate in session.scalars(sa.select(DoorPlate))}
+    assert {line.split(",")[0] for line in lines[1:]} == tokens

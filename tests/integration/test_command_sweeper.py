@@ -17,7 +17,7 @@ import grassroots.command.models  # noqa: F401  (registers the tables before cre
 from grassroots.command import jobs
 from grassroots.command.jobs import Outcome, SweepResult, pick_due, process_deadline, sweep
 from grassroots.command.models import Deadline, Notice
-from grassroots.command.states import DeadlineState, NoticeLevel
+from grassroots.command.states import DeadlineKind, DeadlineState, NoticeLevel
 from grassroots.kernel.audit.chain import verify_chain
 from grassroots.kernel.audit.models import AuditRow
 from grassroots.kernel.clock import FixedClock
@@ -36,7 +36,8 @@ def due(session: Session, runtime: Runtime, clock: FixedClock) -> list[int]:
                lon=area.zone_a.min_lon + 0.0005 * (i + 1))
     clock.advance(timedelta(seconds=61))
     return list(session.scalars(sa.select(Deadline.id).where(
-        Deadline.state == DeadlineState.OPEN).order_by(Deadline.id)))
+        Deadline.state == DeadlineState.OPEN, Deadline.kind == DeadlineKind.DISPATCH)
+        .order_by(Deadline.id)))
 
 
 def _escalations(session: Session) -> Counter[int]:

@@ -164,9 +164,9 @@ def test_the_callback_records_satisfaction_and_an_unhappy_reporter_gets_a_reopen
 
     with pytest.raises(ValidationFailed):
         actions.reopen(session=session, runtime=runtime, actor=crew.dispatcher,
-                       incident_id=incident.id, reason=" ")
+                       incident_id=incident.id, reason=" ", calendar=CALENDAR)
     reopened = actions.reopen(session=session, runtime=runtime, actor=crew.dispatcher,
-                              incident_id=incident.id, reason="居民不满意")
+                              incident_id=incident.id, reason="居民不满意", calendar=CALENDAR)
     assert reopened.state == IncidentState.REGISTERED
     assert DeadlineKind.DISPATCH in _open_kinds(session, reopened)
     again = actions.dispatch(session=session, runtime=runtime, actor=crew.dispatcher,
@@ -318,7 +318,8 @@ def test_send_back_returns_it_to_the_centre_and_frees_the_responder(
     assert queries.assignments_of(session=session, incident_id=incident.id,
                                   active_only=True) == []
     assert _get(session, ResponderStatus, crew.responder.id).state == ResponderState.AVAILABLE
-    assert _open_kinds(session, back) == {DeadlineKind.DISPATCH}
+    # The level's own limit runs on while the centre finds the right unit.
+    assert _open_kinds(session, back) == {DeadlineKind.DISPATCH, DeadlineKind.TIER}
     redispatched = actions.dispatch(session=session, runtime=runtime, actor=crew.dispatcher,
                                     incident_id=incident.id, calendar=CALENDAR,
                                     user_ids=[crew.second.id], reason="改派")
@@ -430,9 +431,9 @@ def test_an_unverified_report_waits_for_the_centre_to_register_it(
     assert incident.state == IncidentState.RECEIVED
     with pytest.raises(PermissionDenied):
         actions.register(session=session, runtime=runtime, actor=crew.responder,
-                         incident_id=incident.id)
+                         incident_id=incident.id, calendar=CALENDAR)
     registered = actions.register(session=session, runtime=runtime, actor=crew.dispatcher,
-                                  incident_id=incident.id)
+                                  incident_id=incident.id, calendar=CALENDAR)
     assert registered.state == IncidentState.REGISTERED and registered.registered_at
 
 

@@ -20,6 +20,7 @@ from grassroots.command.states import (
     LimitUnit,
     NoticeLevel,
     Tier,
+    TierBreach,
     TransitionContext,
     TransitionRule,
     breach_notice_level,
@@ -95,10 +96,10 @@ def test_the_exception_paths_all_need_a_reason() -> None:
             Action.SUPERVISE, Action.REOPEN} <= needing
 
 
-def test_only_register_and_dispatch_may_be_taken_by_the_platform_itself() -> None:
+def test_only_register_dispatch_and_escalate_may_be_taken_by_the_platform_itself() -> None:
     for rule in RULES:
-        if rule.action in (Action.REGISTER, Action.DISPATCH):
-            assert check_transition(_state(rule), rule.action, None) is rule
+        if rule.action in (Action.REGISTER, Action.DISPATCH, Action.ESCALATE):
+            assert check_transition(_state(rule), rule.action, None, reason="by rule") is rule
         else:
             with pytest.raises(PermissionDenied):
                 check_transition(_state(rule), rule.action, None, reason="because")
@@ -132,11 +133,14 @@ def test_closing_needs_a_role_at_or_above_the_categorys_tier() -> None:
     assert check_transition(IncidentState.CHECKED, Action.CLOSE, Role.GRID_WORKER, context=grid)
 
 
-def test_nobody_here_may_close_what_only_the_district_may_close() -> None:
+def test_only_a_district_department_may_close_what_only_the_district_may_close() -> None:
     district = TransitionContext(may_close_at=Tier.DISTRICT)
-    for role in TRANSITIONS[Action.CLOSE].roles:
-        with pytest.raises(PermissionDenied):
+    for role in TRANSITIONS[Action.CLOSE].roles - {Role.DISTRICT_DEPARTMENT}:
+        with pytest.raises(PermissionDenied) as refused:
             check_transition(IncidentState.CHECKED, Action.CLOSE, role, context=district)
+        assert refused.value.message("zh_CN") == "该类事件须由区级或以上结案"
+    assert check_transition(IncidentState.CHECKED, Action.CLOSE, Role.DISTRICT_DEPARTMENT,
+                            context=district).action == Action.CLOSE
 
 
 def test_handling_without_arriving_is_refused_when_the_category_needs_a_visit() -> None:
@@ -246,7 +250,12 @@ def test_every_message_id_used_by_the_command_loop_has_both_translations() -> No
         used |= set(re.findall(r'"(command\.(?:error|notice)\.[a-z_]+(?:\.[a-z_]+)?)"',
                                path.read_text(encoding="utf-8")))
     used |= {f"command.notice.{kind}.{what}" for kind in DeadlineKind
-             for what in ("warning", "breached")}
+             for what in ("warning", "breached") if kind != DeadlineKind.TIER}
+    # The tier clock speaks per step and per level instead (jobs._on_tier_breach).
+    used |= {f"command.notice.tier.{step}" for step in TierBreach if step != TierBreach.ESCALATE}
+    used |= {f"command.notice.tier.escalated.{tier}" for tier in Tier
+             if tier != Tier.GRID}
+    used |= {"command.notice.tier.warning", "command.reason.tier_limit_missed"}
     for language in ("en", "zh_CN"):
         catalogue = json.loads((COMMAND_SRC / "locales" / f"{language}.json")
                                .read_text(encoding="utf-8"))

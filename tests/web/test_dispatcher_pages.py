@@ -155,7 +155,8 @@ def test_the_incident_page_shows_the_timeline_and_only_the_actions_this_user_may
 
     dispatcher = _as(client, street.dispatcher).get(url).text
     assert set(FORM_ACTION.findall(dispatcher)) == {
-        "dispatch", "extend", "send_back", "void", "suspend", "supervise", "merge_duplicate"}
+        "dispatch", "extend", "send_back", "void", "suspend", "supervise", "merge_duplicate",
+        "escalate"}
     timeline = dispatcher[dispatcher.index('id="timeline"'):]
     assert [a for a in re.findall(r'data-action="(\w+)"', timeline)] == [
         "receive", "register", "dispatch"]

@@ -30,6 +30,8 @@ from grassroots.command.open311.intake import EMAIL_CONTEXT
 from grassroots.command.open311.keys import revoke_open311_key
 from grassroots.command.open311.models import Open311Client, Open311Request
 from grassroots.command.states import Channel, IncidentState, ResponseRole, SystemActor
+from grassroots.kernel.addresses.actions import issue_plate, register_address
+from grassroots.kernel.addresses.models import StandardAddress
 from grassroots.kernel.audit.models import AuditRow
 from grassroots.kernel.auth.roles import Role
 from grassroots.kernel.clock import FixedClock
@@ -253,12 +255,46 @@ def test_an_address_string_alone_is_enough(o311: Open311) -> None:
     assert incident.state == IncidentState.REGISTERED  # no zone: a dispatcher sends someone
 
 
-def test_an_address_id_alone_is_stored_as_the_address_reference(o311: Open311) -> None:
+def _standard_address(o311: Open311, code: str = "500116-0012-0034") -> StandardAddress:
+    return register_address(session=o311.session, runtime=o311.runtime, actor="test",
+                            code=code, text="重庆市江津区双福街道福城路1号", lon=A_LON, lat=A_LAT)
+
+
+def test_an_address_id_alone_resolves_to_the_standard_address_and_is_dispatched(
+        o311: Open311, clock: FixedClock) -> None:
+    address = _standard_address(o311)
+    responder = make_user(o311.session, Role.ZONE_RESPONDER)
+    put_on_duty(o311.session, responder, o311.area.zone_a, clock.now())
     _report(o311, o311.key(), lat="", long="", address_id="500116-0012-0034")
     [incident] = _incidents(o311)
-    assert incident.address_text == "标准地址编码 500116-0012-0034"
+    assert (incident.lon, incident.lat) == (A_LON, A_LAT)
+    assert incident.zone_id == o311.area.zone_a.id
+    assert incident.std_address_id == address.id
+    assert incident.address_text == "重庆市江津区双福街道福城路1号"
+    assert incident.state == IncidentState.DISPATCHED
+    assert [a.user_id for a in o311.session.scalars(sa.select(Assignment))] == [responder.id]
     extra = o311.session.get(Open311Request, incident.id)
     assert extra is not None and extra.address_id == "500116-0012-0034"
+
+
+def test_a_door_plate_id_resolves_like_its_address(o311: Open311) -> None:
+    address = _standard_address(o311)
+    plate = issue_plate(session=o311.session, runtime=o311.runtime, actor="test",
+                        address_code=address.code)
+    _report(o311, o311.key(), lat="", long="", address_id=plate.token)
+    [incident] = _incidents(o311)
+    assert incident.std_address_id == address.id and incident.zone_id == o311.area.zone_a.id
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+def test_an_unknown_address_id_is_a_spec_error_and_stores_nothing(o311: Open311,
+                                                                   fmt: str) -> None:
+    _standard_address(o311)
+    response = o311.post(fmt=fmt, api_key=o311.key(), service_code=GARBAGE,
+                         address_id="no-such-plate", description="x")
+    [message] = assert_spec_error(response, 400, fmt)
+    assert "no-such-plate" in message
+    assert _incidents(o311) == []
 
 
 def test_contact_details_are_kept_encrypted(o311: Open311) -> None:

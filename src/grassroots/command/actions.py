@@ -3,6 +3,8 @@
 Each transition checks the table in states.py, changes the incident by compare-and-set on
 `version` (`UPDATE incident … WHERE id = ? AND version = ?`, exactly one row or Conflict),
 saves an IncidentTransition row and an audit row, and settles the clocks the action affects.
+(The steps intake takes on the incident it has just inserted have no one to race and are made
+in memory instead: see _Fresh.)
 Actions commit their own transaction (the web layer's session only closes), so a caller must not
 hold uncommitted writes of its own in the session it passes in.
 """
@@ -20,10 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import CursorResult, Update, exists, func, select, update
+from sqlalchemy import CursorResult, Update, exists, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from grassroots.command import queries
 from grassroots.command.categories import (
@@ -62,12 +65,15 @@ from grassroots.command.states import (
     DESCRIPTION_MAX_CHARS,
     EFFECTIVE_RESPONSE_LIMIT,
     EXTENSION_MAX_WORKING_DAYS,
+    FIELD_RESPONDER_ROLES,
     FIELD_ROLES,
     FIRST_RESPONDERS_BY_URGENCY,
     FIRST_RESPONSE_LIMIT,
     REINFORCEMENTS_PER_REQUEST,
     RELEASES,
     SEND_BACK_WORKING_DAYS,
+    TIER_AUDIENCE,
+    TIER_ORDER,
     TIMESTAMPS,
     UNIT_TIER,
     Action,
@@ -82,6 +88,7 @@ from grassroots.command.states import (
     NoticeLevel,
     ResponderState,
     ResponseRole,
+    Tier,
     TransitionContext,
     TransitionRule,
     UnitType,
@@ -89,9 +96,13 @@ from grassroots.command.states import (
     check_transition,
     format_number,
     handling_due,
+    higher_tier,
+    next_tier,
     normalize_phone,
+    tier_due,
     warn_time,
 )
+from grassroots.kernel.addresses.queries import resolve as resolve_address
 from grassroots.kernel.audit import record
 from grassroots.kernel.auth.models import User
 from grassroots.kernel.auth.roles import Permission, Role, has_permission
@@ -105,7 +116,7 @@ if TYPE_CHECKING:
     from grassroots.runtime import Runtime
 
 TITLE_MAX_CHARS = 200
-_FIELD_RESPONDER_ROLES = frozenset({Role.ZONE_RESPONDER, Role.GRID_WORKER})
+_FIELD_RESPONDER_ROLES = FIELD_RESPONDER_ROLES
 
 
 # --- plumbing ----------------------------------------------------------------------------------
@@ -473,15 +484,56 @@ class IntakeResult:
     duplicate_candidates: list[Incident] = field(default_factory=list)
     assigned_user_ids: list[int] = field(default_factory=list)
     category: IncidentCategory | None = None  # set when created
+    # What a created incident's view needs, as this transaction wrote it (see
+    # queries.build_incident_view): its assignments and clocks in id order, the assigned
+    # people's names, and the reporter's phone (normalised) and name in plain text.
+    assignments: list[Assignment] = field(default_factory=list)
+    deadlines: list[Deadline] = field(default_factory=list)
+    assigned_names: dict[int, str] = field(default_factory=dict)
+    reporter_phone: str | None = None
+    reporter_name: str | None = None
 
 
-def _check_location(lon: float | None, lat: float | None, address_text: str | None) -> None:
+def _check_location(lon: float | None, lat: float | None, address_text: str | None,
+                    address_id: str | None = None) -> None:
     if (lon is None) != (lat is None):
         raise ValidationFailed("command.error.bad_location")
-    if lon is None and not (address_text and address_text.strip()):
+    if lon is None and not (address_text and address_text.strip()) and not address_id:
         raise ValidationFailed("command.error.location_required")
     if lon is not None and lat is not None and not (-180 <= lon <= 180 and -90 <= lat <= 90):
         raise ValidationFailed("command.error.bad_location")
+
+
+@dataclass(frozen=True)
+class _Place:
+    lon: float | None
+    lat: float | None
+    address_text: str | None
+    std_address_id: int | None = None
+
+
+def _resolve_place(session: Session, lon: float | None, lat: float | None,
+                   address_text: str | None, address_id: str | None) -> _Place:
+    """A point for a report that gave a door plate, a standard address code or only an address.
+
+    A given point is kept (the reporter stood there); the standard address is still recorded
+    when its id came with it. An address text that matches no standard address leaves the
+    report without a point for the dispatcher to place; an id that matches nothing (and no
+    text to fall back on) is refused, since the reporter pointed at something definite.
+    """
+    text = address_text.strip() if address_text and address_text.strip() else None
+    key = address_id.strip() if address_id and address_id.strip() else None
+    if key is None and (lon is not None or text is None):
+        return _Place(lon, lat, text)
+    found = resolve_address(session=session, address_id=key,
+                            text=text if lon is None else None)
+    if found is None:
+        if key is not None and text is None:
+            raise ValidationFailed("command.error.unknown_address_id", address_id=key)
+        return _Place(lon, lat, text)
+    if lon is None or lat is None:
+        lon, lat = found.lon, found.lat
+    return _Place(lon, lat, text or found.text, found.address_id)
 
 
 _LEVEL_COLUMNS = {RegionLevel.MICRO_GRID.value: "micro_grid_id", RegionLevel.GRID.value: "grid_id",
@@ -512,10 +564,36 @@ def _next_number(session: Session, received_at: datetime) -> str:
     return format_number(day, int(sequence))
 
 
+# _next_number and the UPDATE in one statement; lpad as format_number's {:06d} (never cutting).
+_NUMBER_SQL = text(
+    "WITH bumped AS (INSERT INTO incident_number_counter (day, last) VALUES (:day, 1) "
+    "ON CONFLICT (day) DO UPDATE SET last = incident_number_counter.last + 1 RETURNING last) "
+    "UPDATE incident SET number = :prefix || lpad(bumped.last::text, "
+    "greatest(6, length(bumped.last::text)), '0') FROM bumped WHERE incident.id = :id "
+    "RETURNING incident.number")
+
+
+def _number_incident(session: Session, incident: Incident, received_at: datetime) -> None:
+    """Give the (flushed) incident the day's next number: _next_number, written at once.
+
+    On PostgreSQL the counter's upsert and the incident's UPDATE are one statement (a data-
+    modifying CTE, formatting as format_number does), one round trip less inside the lock.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        number = _next_number(session, received_at)
+        _rowcount(session, update(Incident).where(Incident.id == incident.id)
+                  .values(number=number))
+    else:
+        day = to_display(received_at).strftime("%Y%m%d")
+        number = session.execute(_NUMBER_SQL, {
+            "day": day, "prefix": format_number(day, 0)[:-6], "id": incident.id}).scalar_one()
+    set_committed_value(incident, "number", number)
+
+
 def intake(*, session: Session, runtime: Runtime, actor: Actor, channel: Channel | str,
            category_code: str, calendar: WorkingCalendar, locator: Locator | None = None,
            lon: float | None = None, lat: float | None = None, address_text: str | None = None,
-           description: str = "", title: str | None = None,
+           address_id: str | None = None, description: str = "", title: str | None = None,
            idempotency_key: str | None = None, client_ref: str | None = None,
            external_ref: str | None = None, reporter_phone: str | None = None,
            reporter_name: str | None = None, attributes: Mapping[str, Any] | None = None,
@@ -530,6 +608,8 @@ def intake(*, session: Session, runtime: Runtime, actor: Actor, channel: Channel
     writes nothing. `locator(lon, lat)` returns regions deepest first (or None outside).
     `fingerprint` (see request_fingerprint) is stored with the incident; a retry whose
     fingerprint differs from the stored one is refused instead of returning the first incident.
+    `address_id` (a door plate's id or a standard address code) or an address text alone
+    resolves to the standard address's point (see _resolve_place).
     """
     _require(actor, Permission.INCIDENTS_REPORT)
     try:
@@ -545,8 +625,9 @@ def intake(*, session: Session, runtime: Runtime, actor: Actor, channel: Channel
                 if existing is not None:
                     _same_request(existing, fingerprint)
                     return IntakeResult(incident=existing, created=False)
+            place = _resolve_place(session, lon, lat, address_text, address_id)
             return _intake(session, runtime, actor, channel, client, category_code, calendar,
-                           locator, lon, lat, address_text, description, title,
+                           locator, place, description, title,
                            idempotency_key, external_ref, reporter_phone, reporter_name,
                            attributes, urgency, received_at, auto_register, auto_dispatch,
                            source_ip, fingerprint)
@@ -579,7 +660,7 @@ def _same_request(existing: Incident, fingerprint: str | None) -> None:
 
 def _intake(session: Session, runtime: Runtime, actor: Actor, channel: Channel, client: str,
             category_code: str, calendar: WorkingCalendar, locator: Locator | None,
-            lon: float | None, lat: float | None, address_text: str | None, description: str,
+            place: _Place, description: str,
             title: str | None, idempotency_key: str | None, external_ref: str | None,
             reporter_phone: str | None, reporter_name: str | None,
             attributes: Mapping[str, Any] | None, urgency: int | None,
@@ -592,6 +673,7 @@ def _intake(session: Session, runtime: Runtime, actor: Actor, channel: Channel, 
     category = queries.get_category(session=session, code=category_code)
     if category is None or not category.active:
         raise ValidationFailed("command.error.unknown_category", code=category_code)
+    lon, lat, address_text = place.lon, place.lat, place.address_text
     _check_location(lon, lat, address_text)
     if len(description) > DESCRIPTION_MAX_CHARS:
         raise ValidationFailed("command.error.description_too_long", limit=DESCRIPTION_MAX_CHARS)
@@ -609,7 +691,8 @@ def _intake(session: Session, runtime: Runtime, actor: Actor, channel: Channel, 
         number=_provisional_number(), category_id=category.id, channel=channel,
         client_ref=client, external_ref=external_ref, idempotency_key=idempotency_key,
         title=title, description=description, lon=lon, lat=lat, address_text=address_text,
-        urgency=urgency or category.urgency, state=IncidentState.RECEIVED,
+        std_address_id=place.std_address_id, urgency=urgency or category.urgency,
+        state=IncidentState.RECEIVED,
         tier=UNIT_TIER[category.unit_type],
         attributes=json.dumps(answers, ensure_ascii=False, sort_keys=True),
         reporter_phone_enc=crypto.encrypt(phone, context=queries.PHONE_CONTEXT) if phone else None,
@@ -621,42 +704,57 @@ def _intake(session: Session, runtime: Runtime, actor: Actor, channel: Channel, 
         received_at=received, version=1, request_fingerprint=fingerprint or None,
         **_regions(locator, lon, lat))
     people: list[tuple[int, float | None]] = []
+    names: dict[int, str] = {}
     if auto_register and auto_dispatch:
         # The nearest available on-duty people of the right unit; none found → the incident
         # stays registered for a person to dispatch.
         people = _claim_nearest(session, incident, category.unit_type,
                                 FIRST_RESPONDERS_BY_URGENCY[incident.urgency],
-                                runtime.clock.now(), skip_locked=True)
-    session.add(incident)
-    session.flush()
+                                runtime.clock.now(), skip_locked=True, names=names)
+    # Every step runs on the object before its row exists, so the INSERT writes the incident
+    # as the steps leave it (no UPDATE after). The rows they add need its id: they are made
+    # with none and get it right after the incident's INSERT, before they are flushed.
+    before = set(session.new)
     fresh = _Fresh()
-    session.add(IncidentTransition(
-        incident_id=incident.id, from_state=None, to_state=IncidentState.RECEIVED,
-        action="receive", actor=actor.username, actor_id=actor.id, at=now,
-        detail=json.dumps({"channel": channel.value}, sort_keys=True)))
-    fresh.audits.append((actor, "incident:create", {
-        "channel": channel.value, "category": category.code, "zone_id": incident.zone_id,
-        "duplicate_candidates": [d.number for d in duplicates]}))
-    fresh.deadlines.append(_new_deadline(
-        session, incident_id=incident.id, kind=DeadlineKind.DISPATCH, start=received,
-        due=received + CALL_PROCESSING_LIMIT))
-    if auto_register:
-        _step(session, runtime, AUTO_DISPATCH, incident, Action.REGISTER, source_ip=source_ip,
-              fresh=fresh)
-    if people:
-        _send(session, runtime, AUTO_DISPATCH, incident, category, calendar, people,
-              source_ip=source_ip, fresh=fresh)
+    with session.no_autoflush:
+        session.add(IncidentTransition(
+            incident_id=incident.id, from_state=None, to_state=IncidentState.RECEIVED,
+            action="receive", actor=actor.username, actor_id=actor.id, at=now,
+            detail=json.dumps({"channel": channel.value}, sort_keys=True)))
+        fresh.audits.append((actor, "incident:create", {
+            "channel": channel.value, "category": category.code, "zone_id": incident.zone_id,
+            "duplicate_candidates": [d.number for d in duplicates]}))
+        fresh.deadlines.append(_new_deadline(
+            session, incident_id=incident.id, kind=DeadlineKind.DISPATCH, start=received,
+            due=received + CALL_PROCESSING_LIMIT))
+        if auto_register:
+            _step(session, runtime, AUTO_DISPATCH, incident, Action.REGISTER,
+                  source_ip=source_ip, fresh=fresh)
+            _start_tier_clock(session, incident, category, calendar, now, fresh=fresh)
+        if people:
+            _send(session, runtime, AUTO_DISPATCH, incident, category, calendar, people,
+                  source_ip=source_ip, fresh=fresh)
+        children = [o for o in session.new if o not in before]
+        session.add(incident)
+        session.flush([incident])
+        for child in children:
+            child.incident_id = incident.id
     session.flush()
     # Only now the day's public number: its counter row is the one lock every intake shares,
     # held from here to COMMIT, so everything else is written already. Until then the row
     # carries a unique placeholder that no other transaction can see. The audit rows, which
     # name the number, are recorded here too (in the order of the steps) and written at COMMIT.
-    incident.number = _next_number(session, received)
+    _number_incident(session, incident, received)
     for audit_actor, audit_action, audit_detail in fresh.audits:
         _audit(session, runtime, audit_actor, audit_action, "incident", incident.id, source_ip,
                {"number": incident.number, **audit_detail})
+    assignments = sorted((o for o in children if isinstance(o, Assignment)), key=lambda a: a.id)
     return IntakeResult(incident=incident, created=True, duplicate_candidates=duplicates,
-                        assigned_user_ids=[user_id for user_id, _ in people], category=category)
+                        assigned_user_ids=[user_id for user_id, _ in people], category=category,
+                        assignments=assignments,
+                        deadlines=sorted(fresh.deadlines, key=lambda d: d.id),
+                        assigned_names=names, reporter_phone=phone,
+                        reporter_name=reporter_name or None)
 
 
 def _provisional_number() -> str:
@@ -668,7 +766,9 @@ def _provisional_number() -> str:
 
 
 def _claim_nearest(session: Session, incident: Incident, unit_type: UnitType | str, count: int,
-                   now: datetime, *, skip_locked: bool = False) -> list[tuple[int, float | None]]:
+                   now: datetime, *, skip_locked: bool = False,
+                   names: dict[int, str] | None = None) -> list[tuple[int, float | None]]:
+    """Claim up to `count` of the nearest available; `names` gets the display names of those."""
     if incident.zone_id is None or count <= 0:
         return []
     claimed: list[tuple[int, float | None]] = []
@@ -680,6 +780,8 @@ def _claim_nearest(session: Session, incident: Incident, unit_type: UnitType | s
         if _claim(session, candidate.user_id, now, skip_locked=skip_locked,
                   has_status=candidate.has_status):
             claimed.append((candidate.user_id, candidate.distance_m))
+            if names is not None and candidate.display_name is not None:
+                names[candidate.user_id] = candidate.display_name
             if len(claimed) == count:
                 break
     return claimed
@@ -694,7 +796,7 @@ def _send(session: Session, runtime: Runtime, actor: Actor, incident: Incident,
     user_ids = [user_id for user_id, _ in people]
     _step(session, runtime, actor, incident, Action.DISPATCH, reason=reason,
           expected_version=expected_version, keep_busy=user_ids, source_ip=source_ip,
-          detail={"to": user_ids, "unit_type": category.unit_type.value}, fresh=fresh)
+          detail={"sent_to": user_ids, "unit_type": category.unit_type.value}, fresh=fresh)
     for user_id, distance in people:
         session.add(Assignment(
             incident_id=incident.id, user_id=user_id, role=ResponseRole.FIRST_RESPONDER,
@@ -752,11 +854,77 @@ def dispatch(*, session: Session, runtime: Runtime, actor: Actor, incident_id: i
 
 
 def register(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
-             expected_version: int | None = None, source_ip: str | None = None) -> Incident:
+             calendar: WorkingCalendar, expected_version: int | None = None,
+             source_ip: str | None = None) -> Incident:
     with _atomic(session):
         incident = _load(session, incident_id)
         _step(session, runtime, actor, incident, Action.REGISTER,
               expected_version=expected_version, source_ip=source_ip)
+        _start_tier_clock(session, incident, _category(session, incident), calendar,
+                          runtime.clock.now())
+    return incident
+
+
+# --- tiered handling (分级诊疗) -------------------------------------------------------------------
+
+
+def _start_tier_clock(session: Session, incident: Incident, category: IncidentCategory,
+                      calendar: WorkingCalendar, now: datetime,
+                      fresh: _Fresh | None = None) -> None:
+    """The limit of the level that holds the incident now; the top level has none."""
+    due = tier_due(Tier(incident.tier), now, calendar, handling_value=category.limit_value,
+                   handling_unit=category.limit_unit)
+    if due is None:
+        return
+    deadline = _new_deadline(session, incident_id=incident.id, kind=DeadlineKind.TIER,
+                             start=now, due=due)
+    if fresh is not None:
+        fresh.deadlines.append(deadline)
+
+
+def closing_floor(category: IncidentCategory, tier: Tier) -> Tier:
+    """The lowest level that may close: the category's own, or the level it was passed up to.
+
+    An incident starts at its unit's tier (UNIT_TIER); only a tier above that start means it was
+    escalated, and then the level that took it over closes it, not the one that missed the limit.
+    """
+    start = UNIT_TIER[UnitType(category.unit_type)]
+    if TIER_ORDER[tier] <= TIER_ORDER[start]:
+        return Tier(category.may_close_at)
+    return higher_tier(Tier(category.may_close_at), tier)
+
+
+def escalate_tier(session: Session, runtime: Runtime, actor: Actor, incident: Incident,
+                  calendar: WorkingCalendar, *, reason: str, expected_version: int | None = None,
+                  source_ip: str | None = None) -> Tier:
+    """Pass the incident up one level, inside the caller's transaction; the new tier.
+
+    The level below's clock is cancelled (DEADLINE_EFFECTS), the new level's starts, and the
+    new level is told. Used by escalate() and by the sweeper when a tier limit runs out.
+    """
+    above = next_tier(Tier(incident.tier))
+    if above is None:
+        raise Conflict("command.error.top_tier")
+    below = Tier(incident.tier)
+    _step(session, runtime, actor, incident, Action.ESCALATE, reason=reason,
+          expected_version=expected_version, source_ip=source_ip,
+          values={"tier": above}, detail={"from_tier": below.value, "to_tier": above.value})
+    now = runtime.clock.now()
+    _start_tier_clock(session, incident, _category(session, incident), calendar, now)
+    notify(session=session, incident=incident, deadline_id=None, level=NoticeLevel.ESCALATION,
+           audience=TIER_AUDIENCE[above], message_id=f"command.notice.tier.escalated.{above}",
+           params={"number": incident.number, "reason": reason}, at=now)
+    return above
+
+
+def escalate(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
+             calendar: WorkingCalendar, reason: str, expected_version: int | None = None,
+             source_ip: str | None = None) -> Incident:
+    """升级 by hand: the centre passes an incident up a level before its limit runs out."""
+    with _atomic(session):
+        incident = _load(session, incident_id)
+        escalate_tier(session, runtime, actor, incident, calendar, reason=reason,
+                      expected_version=expected_version, source_ip=source_ip)
     return incident
 
 
@@ -823,7 +991,7 @@ def request_reinforcement(*, session: Session, runtime: Runtime, actor: Actor,
         _step(session, runtime, actor, incident, Action.REQUEST_REINFORCEMENT, reason=reason,
               expected_version=expected_version, source_ip=source_ip,
               detail={"request_id": request.id, "unit_type": unit.value,
-                      "to": [u for u, _ in people]})
+                      "sent_to": [u for u, _ in people]})
         for user_id, distance in people:
             session.add(Assignment(
                 incident_id=incident.id, user_id=user_id, role=ResponseRole.REINFORCEMENT,
@@ -904,7 +1072,8 @@ def close(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
     with _atomic(session):
         incident = _load(session, incident_id)
         category = _category(session, incident)
-        context = TransitionContext(actor_id=actor.id, may_close_at=category.may_close_at)
+        context = TransitionContext(actor_id=actor.id,
+                                    may_close_at=closing_floor(category, Tier(incident.tier)))
         _step(session, runtime, actor, incident, Action.CLOSE, reason=note, context=context,
               expected_version=expected_version, source_ip=source_ip)
         if incident.reporter_phone_enc is not None:
@@ -1083,7 +1252,8 @@ def supervise(*, session: Session, runtime: Runtime, actor: Actor, incident_id: 
 
 
 def reopen(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int, reason: str,
-           expected_version: int | None = None, source_ip: str | None = None) -> Incident:
+           calendar: WorkingCalendar, expected_version: int | None = None,
+           source_ip: str | None = None) -> Incident:
     """Reopen (重开) a closed incident, e.g. after an unsatisfied callback; it needs dispatching."""
     with _atomic(session):
         incident = _load(session, incident_id)
@@ -1092,6 +1262,8 @@ def reopen(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int
         now = runtime.clock.now()
         _new_deadline(session, incident_id=incident.id, kind=DeadlineKind.DISPATCH, start=now,
                       due=now + CALL_PROCESSING_LIMIT)
+        # The level that holds it gets its limit afresh (the old clock ended at closing).
+        _start_tier_clock(session, incident, _category(session, incident), calendar, now)
     return incident
 
 
@@ -1368,7 +1540,7 @@ def _transfer(c: _Call) -> Incident:
 
 
 _STEPS: dict[str, Callable[[_Call], object]] = {
-    "register": lambda c: register(**c.common()),
+    "register": lambda c: register(**c.common(), calendar=c.calendar),
     "dispatch": lambda c: dispatch(**c.common(), calendar=c.calendar,
                                    user_ids=list(c.request.user_ids) or None,
                                    reason=c.request.reason),
@@ -1392,7 +1564,8 @@ _STEPS: dict[str, Callable[[_Call], object]] = {
     "suspend": lambda c: suspend(**c.common(), reason=c.text),
     "resume": lambda c: resume(**c.common(), reason=c.text),
     "supervise": lambda c: supervise(**c.common(), reason=c.text),
-    "reopen": lambda c: reopen(**c.common(), reason=c.text),
+    "reopen": lambda c: reopen(**c.common(), reason=c.text, calendar=c.calendar),
+    "escalate": lambda c: escalate(**c.common(), calendar=c.calendar, reason=c.text),
     "merge_duplicate": lambda c: merge_duplicate(
         **c.common(), original_id=_needed(c.request.original_id, "original_id"),
         reason=c.request.reason),
@@ -1428,7 +1601,8 @@ CENTRE_CHANNELS = frozenset({Channel.PHONE, Channel.POLICE_110})
 def enter_incident(*, session: Session, runtime: Runtime, actor: User, channel: Channel | str,
                    category_code: str, calendar: WorkingCalendar, locator: Locator | None,
                    lon: float | None = None, lat: float | None = None,
-                   address_text: str | None = None, description: str = "",
+                   address_text: str | None = None, address_id: str | None = None,
+                   description: str = "",
                    reporter_phone: str | None = None, reporter_name: str | None = None,
                    attributes: Mapping[str, Any] | None = None, urgency: int | None = None,
                    idempotency_key: str | None = None, police_ref: str | None = None,
@@ -1450,12 +1624,14 @@ def enter_incident(*, session: Session, runtime: Runtime, actor: User, channel: 
     who = cast(Actor, actor)  # a User is an Actor; mypy cannot read Mapped[] columns as values
     if chosen in CENTRE_CHANNELS:
         _require(who, Permission.INCIDENTS_DISPATCH)
-    if lon is not None and lat is not None and locator is not None:
-        found = locator(lon, lat)
+    # Where an address or a plate puts it counts for the scope as much as a given point.
+    point = _resolve_place(session, lon, lat, address_text, address_id)
+    if point.lon is not None and point.lat is not None and locator is not None:
+        found = locator(point.lon, point.lat)
         if found and not path_in_scope(scope_path(session, actor), found[0].path):
             raise ValidationFailed("command.error.location_outside_scope")
     fields: dict[str, Any] = {
-        "lon": lon, "lat": lat, "address_text": address_text or None,
+        "lon": lon, "lat": lat, "address_text": address_text or None, "address_id": address_id,
         "description": description, "reporter_phone": reporter_phone or None,
         "reporter_name": reporter_name or None, "attributes": attributes, "urgency": urgency,
         "source_ip": source_ip}

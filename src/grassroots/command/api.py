@@ -37,9 +37,10 @@ from grassroots.command.schemas import (
     TransitionOut,
     to_wgs84,
 )
-from grassroots.command.states import IncidentState
+from grassroots.command.states import IncidentState, Locator, ResponderState
 from grassroots.kernel.auth.models import User
 from grassroots.kernel.auth.roles import Permission
+from grassroots.kernel.regions.locate import LocateIndex
 from grassroots.runtime import Runtime
 
 router = APIRouter(prefix="/api/v1", tags=["incidents"])
@@ -77,6 +78,26 @@ def _out(session: Session, runtime: Runtime, incident: Incident, language: str,
     return IncidentOut.of(view, language)
 
 
+def _fresh_view(session: Session, runtime: Runtime, result: actions.IntakeResult,
+                locator: Locator) -> queries.IncidentView:
+    """The view of an incident this request created, from the intake's result."""
+    incident = result.incident
+    assert result.category is not None
+    index = getattr(locator, "__self__", None)  # the cached LocateIndex names its regions
+    refs = index.refs if isinstance(index, LocateIndex) else {}
+    ids = {incident.zone_id, incident.grid_id, incident.micro_grid_id} - {None}
+    regions = {rid: refs[rid].name for rid in ids if rid in refs}
+    if len(regions) < len(ids):  # not located by this index: read the names
+        regions = queries.region_names(session, ids)
+    return queries.build_incident_view(
+        incident=incident, category=result.category, now=runtime.clock.now(),
+        region_names=regions, reporter_phone=result.reporter_phone,
+        reporter_name=result.reporter_name, assignments=result.assignments,
+        names=result.assigned_names,
+        states=dict.fromkeys(result.assigned_user_ids, ResponderState.BUSY),
+        deadlines=result.deadlines)
+
+
 @router.post("/incidents", status_code=201, response_model=IncidentCreated)
 def create_incident(
     body: IncidentIn,
@@ -100,17 +121,19 @@ def create_incident(
         session=session, runtime=runtime, actor=user, channel=body.channel,
         category_code=body.category_code, calendar=calendar,
         locator=locator, lon=lon, lat=lat, address_text=body.address_text,
+        address_id=body.address_id,
         description=body.description, reporter_phone=body.reporter_phone,
         reporter_name=body.reporter_name, attributes=body.attributes, urgency=body.urgency,
         idempotency_key=idempotency_key, police_ref=body.police_ref,
         fingerprint=actions.request_fingerprint(body.model_dump(mode="json")), source_ip=ip)
     if not result.created:
         response.status_code = 200
-    if result.created and result.incident.created_by == user.username:
-        # The incident this request just wrote and committed is loaded as it stands (the
-        # action reloads the row at each step), and incident_scope lets everyone see what they
-        # reported, so neither the re-read nor the scope lookup of incident_for is needed.
-        out = _out(session, runtime, result.incident, language, result.category)
+    if result.created and result.incident.created_by == user.username \
+            and result.category is not None:
+        # The incident this request just wrote and committed is known as it stands, with its
+        # assignments and clocks, and incident_scope lets everyone see what they reported: the
+        # answer is built from what the intake knows, with no re-read and no scope lookup.
+        out = IncidentOut.of(_fresh_view(session, runtime, result, locator), language)
     else:
         out = incident_out(session, runtime, result.incident.id, user, language)
     return IncidentCreated(**out.model_dump(), created=result.created,

@@ -21,7 +21,8 @@ from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from grassroots.command.actions import notify
+from grassroots.command.actions import escalate_tier, notify
+from grassroots.command.context import current_calendar
 from grassroots.command.models import Deadline, Incident
 from grassroots.command.states import (
     DEADLINE_ACTIVE_STATES,
@@ -29,17 +30,25 @@ from grassroots.command.states import (
     ESCALATION_INTERVAL,
     SWEEP_INTERVAL,
     SWEEPER,
+    TIER_AUDIENCE,
+    TIER_GRACE,
+    Audience,
     DeadlineKind,
     DeadlineLevel,
     DeadlineState,
     NoticeLevel,
     ResponseRole,
+    Tier,
+    TierBreach,
     breach_notice_level,
     has_next_deadline,
     next_audience,
+    next_tier,
+    tier_breach,
     warn_time,
 )
 from grassroots.kernel.audit import record
+from grassroots.kernel.i18n import DEFAULT_LANGUAGE, Term, translate
 
 if TYPE_CHECKING:
     from grassroots.runtime import Runtime
@@ -144,9 +153,15 @@ def process_deadline(session: Session, *, runtime: Runtime, deadline: Deadline,
     return outcome, notices
 
 
+def _warned_audience(deadline: Deadline, incident: Incident) -> Audience:
+    if deadline.kind == DeadlineKind.TIER:
+        return TIER_AUDIENCE[Tier(incident.tier)]  # each level hears of its own limit
+    return ESCALATION_CHAINS[deadline.kind][deadline.escalation_step]
+
+
 def _on_warn(session: Session, runtime: Runtime, deadline: Deadline, incident: Incident,
              now: datetime) -> int:
-    audience = ESCALATION_CHAINS[deadline.kind][deadline.escalation_step]
+    audience = _warned_audience(deadline, incident)
     return len(notify(
         session=session, incident=incident, deadline_id=deadline.id, level=NoticeLevel.WARNING,
         audience=audience, message_id=f"command.notice.{deadline.kind}.warning",
@@ -157,6 +172,8 @@ def _on_warn(session: Session, runtime: Runtime, deadline: Deadline, incident: I
 def _on_breach(session: Session, runtime: Runtime, deadline: Deadline, incident: Incident,
                now: datetime) -> int:
     """Tell the next level up, and give it its own limit while it can still escalate."""
+    if deadline.kind == DeadlineKind.TIER:
+        return _on_tier_breach(session, runtime, deadline, incident, now)
     step = deadline.escalation_step
     audience = next_audience(deadline.kind, step)
     if audience is None:
@@ -173,6 +190,43 @@ def _on_breach(session: Session, runtime: Runtime, deadline: Deadline, incident:
             reinforcement_request_id=deadline.reinforcement_request_id, starts_at=now,
             due_at=due, warn_at=warn_time(now, due), level=DeadlineLevel.NONE,
             state=DeadlineState.OPEN, version=1))
+    return len(notices)
+
+
+def _follow_up(session: Session, deadline: Deadline, incident: Incident, now: datetime) -> None:
+    due = now + TIER_GRACE
+    session.add(Deadline(
+        incident_id=incident.id, kind=deadline.kind, escalation_step=deadline.escalation_step + 1,
+        starts_at=now, due_at=due, warn_at=warn_time(now, due), level=DeadlineLevel.NONE,
+        state=DeadlineState.OPEN, version=1))
+
+
+def _on_tier_breach(session: Session, runtime: Runtime, deadline: Deadline, incident: Incident,
+                    now: datetime) -> int:
+    """A level missed its limit: remind it, then have the level above supervise, then pass it up.
+
+    Passing up is the ESCALATE transition by compare-and-set on the incident: if a person
+    changed the incident meanwhile it raises Conflict, the whole sweep transaction (this
+    deadline's flip included) rolls back, and the next run tries again.
+    """
+    tier = Tier(incident.tier)
+    above = next_tier(tier)
+    step = tier_breach(deadline.escalation_step)
+    params = {"number": incident.number, "due_at": deadline.due_at}
+    if above is None:
+        return 0  # the top level has no tier limit; nothing should get here
+    if step == TierBreach.ESCALATE:
+        reason = translate("command.reason.tier_limit_missed", DEFAULT_LANGUAGE,
+                           tier=Term(f"command.tier.{tier}"))
+        escalate_tier(session, runtime, SWEEPER, incident, current_calendar(session),
+                      reason=reason)
+        return 1
+    level, audience = ((NoticeLevel.REMINDER, TIER_AUDIENCE[tier]) if step == TierBreach.REMIND
+                       else (NoticeLevel.SUPERVISION, TIER_AUDIENCE[above]))
+    notices = notify(session=session, incident=incident, deadline_id=deadline.id, level=level,
+                     audience=audience, message_id=f"command.notice.tier.{step}",
+                     params=params, at=now)
+    _follow_up(session, deadline, incident, now)
     return len(notices)
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+import grassroots.kernel.addresses.models  # noqa: F401  (incident.std_address_id's table)
 from grassroots.command.states import (
     Audience,
     Channel,
@@ -102,6 +103,8 @@ class Incident(Base):
     lon: Mapped[float | None] = mapped_column(Float)  # WGS-84
     lat: Mapped[float | None] = mapped_column(Float)
     address_text: Mapped[str | None] = mapped_column(String(300))
+    # The standard address (一标) the report named or was matched to, when there is one.
+    std_address_id: Mapped[int | None] = mapped_column(ForeignKey("std_address.id"))
     micro_grid_id: Mapped[int | None] = mapped_column(ForeignKey("region.id"), index=True)
     grid_id: Mapped[int | None] = mapped_column(ForeignKey("region.id"), index=True)
     zone_id: Mapped[int | None] = mapped_column(ForeignKey("region.id"), index=True)

@@ -37,7 +37,8 @@ def producer_actor(source: str) -> SystemActor:
 def raise_work_order(*, session: Session, runtime: Runtime, source: str, category_code: str,
                      lon: float | None, lat: float | None, description: str,
                      external_ref: str, idempotency_key: str | None = None,
-                     address_text: str | None = None, title: str | None = None,
+                     address_text: str | None = None, address_id: str | None = None,
+                     title: str | None = None,
                      attributes: Mapping[str, Any] | None = None, urgency: int | None = None,
                      calendar: WorkingCalendar | None = None,
                      locator: Locator | None = None) -> actions.IntakeResult:
@@ -63,6 +64,7 @@ def raise_work_order(*, session: Session, runtime: Runtime, source: str, categor
         category_code=category_code,
         calendar=calendar if calendar is not None else current_calendar(session),
         locator=locator if locator is not None else current_locator(session),
-        lon=lon, lat=lat, address_text=address_text, description=description, title=title,
+        lon=lon, lat=lat, address_text=address_text, address_id=address_id,
+        description=description, title=title,
         idempotency_key=key, external_ref=reference,
         attributes=attributes, urgency=urgency)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +26,7 @@ from grassroots.command.models import (
 )
 from grassroots.command.police import TRANSFER_TO_POLICE
 from grassroots.command.states import (
+    FIELD_RESPONDER_ROLES,
     FIELD_ROLES,
     OPEN_STATES,
     POSITION_STALE_AFTER,
@@ -44,7 +45,7 @@ from grassroots.command.states import (
     normalize_phone,
 )
 from grassroots.kernel.auth.models import User
-from grassroots.kernel.auth.roles import Permission, Role, has_permission
+from grassroots.kernel.auth.roles import Permission, has_permission
 from grassroots.kernel.auth.scope import path_in_scope, scope_clause, scope_path
 from grassroots.kernel.clock import to_display
 from grassroots.kernel.crypto import CryptoProvider
@@ -203,6 +204,7 @@ class Candidate:
     state: ResponderState
     distance_m: float | None
     has_status: bool
+    display_name: str | None = None
 
 
 def on_duty(*, session: Session, zone_id: int, unit_type: UnitType | str, at: datetime,
@@ -213,14 +215,14 @@ def on_duty(*, session: Session, zone_id: int, unit_type: UnitType | str, at: da
     older than POSITION_STALE_AFTER counts as unknown.
     """
     rows = session.execute(
-        select(DutyShift.user_id, ResponderStatus)
+        select(DutyShift.user_id, User.display_name, ResponderStatus)
         .join(User, User.id == DutyShift.user_id)
         .outerjoin(ResponderStatus, ResponderStatus.user_id == DutyShift.user_id)
         .where(DutyShift.zone_id == zone_id, DutyShift.unit_type == unit_type,
                DutyShift.starts_at <= at, DutyShift.ends_at > at, User.is_active.is_(True))
     ).all()
     seen: dict[int, Candidate] = {}
-    for user_id, status in rows:
+    for user_id, display_name, status in rows:
         state = status.state if status is not None else ResponderState.AVAILABLE
         if state == ResponderState.OFF:
             continue
@@ -229,7 +231,7 @@ def on_duty(*, session: Session, zone_id: int, unit_type: UnitType | str, at: da
                 and status.position_at is not None and lon is not None and lat is not None
                 and at - status.position_at <= POSITION_STALE_AFTER):
             distance = haversine_m(lon, lat, status.lon, status.lat)
-        seen[user_id] = Candidate(user_id, state, distance, status is not None)
+        seen[user_id] = Candidate(user_id, state, distance, status is not None, display_name)
     return sorted(seen.values(), key=lambda c: (
         c.state != ResponderState.AVAILABLE, c.distance_m is None, c.distance_m or 0.0,
         c.user_id))
@@ -269,7 +271,7 @@ def field_work_of(*, session: Session, user_id: int,
 
 # --- the dispatcher's views: scope, queue, detail, timeline, responders -------------------------
 
-_FIELD_RESPONDER_ROLES = frozenset({Role.ZONE_RESPONDER, Role.GRID_WORKER})
+_FIELD_RESPONDER_ROLES = FIELD_RESPONDER_ROLES
 # A field responder takes these only on incidents they are sent to (actions._require_assigned).
 ASSIGNED_ONLY = frozenset({Action.ACCEPT, Action.ARRIVE, Action.REQUEST_REINFORCEMENT,
                            Action.HANDLE, Action.SEND_BACK})
@@ -377,6 +379,11 @@ def _names(session: Session, user_ids: Collection[int]) -> dict[int, str]:
     return {user_id: name for user_id, name in rows}
 
 
+def region_names(session: Session, region_ids: Collection[int | None]) -> dict[int, str]:
+    """{id: name} of the regions (None ids ignored)."""
+    return _region_names(session, region_ids)
+
+
 def _region_names(session: Session, region_ids: Collection[int | None]) -> dict[int, str]:
     ids = [r for r in region_ids if r is not None]
     if not ids:
@@ -462,17 +469,22 @@ class TimelineEntry:
     actor: str
     actor_name: str
     detail: dict[str, Any]
+    sent_to: tuple[str, ...] = ()  # the people a dispatch or a reinforcement went to, by name
 
 
 def timeline(*, session: Session, incident_id: int) -> list[TimelineEntry]:
-    """Every transition of the incident, oldest first, with who took it."""
+    """Every transition of the incident, oldest first, with who took it and whom it sent."""
     rows = transitions_of(session=session, incident_id=incident_id)
-    names = _names(session, {r.actor_id for r in rows if r.actor_id is not None})
+    details = [json.loads(r.detail or "{}") for r in rows]
+    people = {int(u) for d in details for u in d.get("sent_to", ())}
+    names = _names(session, {r.actor_id for r in rows if r.actor_id is not None} | people)
     return [TimelineEntry(
         id=r.id, at=r.at, action=r.action, from_state=r.from_state, to_state=r.to_state,
         reason=r.reason, actor=r.actor,
         actor_name=names.get(r.actor_id, r.actor) if r.actor_id is not None else r.actor,
-        detail=json.loads(r.detail or "{}")) for r in rows]
+        detail=detail,
+        sent_to=tuple(names.get(int(u), str(u)) for u in detail.get("sent_to", ())))
+        for r, detail in zip(rows, details, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -538,13 +550,31 @@ def incident_view(*, session: Session, crypto: CryptoProvider, incident: Inciden
     name = crypto.decrypt(incident.reporter_name_enc, context=NAME_CONTEXT) \
         if incident.reporter_name_enc else None
     original = session.get(Incident, incident.duplicate_of_id) if incident.duplicate_of_id else None
+    return build_incident_view(
+        incident=incident, category=category, now=now, region_names=regions,
+        reporter_phone=phone, reporter_name=name, assignments=assignments, names=names,
+        states=states, deadlines=deadlines_of(session=session, incident_id=incident.id),
+        reinforcements=reinforcement_requests_of(session=session, incident_id=incident.id),
+        duplicate_of_number=original.number if original else None)
+
+
+def build_incident_view(*, incident: Incident, category: IncidentCategory, now: datetime,
+                        region_names: Mapping[int, str], reporter_phone: str | None,
+                        reporter_name: str | None, assignments: Sequence[Assignment],
+                        names: Mapping[int, str], states: Mapping[int, ResponderState],
+                        deadlines: Sequence[Deadline],
+                        reinforcements: Sequence[ReinforcementRequest] = (),
+                        duplicate_of_number: str | None = None) -> IncidentView:
+    """An IncidentView from pieces already at hand (plain reporter phone and name, unmasked;
+    assignments and deadlines in id order); incident_view reads them, intake knows them."""
+    regions = region_names
     return IncidentView(
         incident=incident, category=category,
         zone_name=regions.get(incident.zone_id) if incident.zone_id else None,
         grid_name=regions.get(incident.grid_id) if incident.grid_id else None,
         micro_grid_name=regions.get(incident.micro_grid_id) if incident.micro_grid_id else None,
-        reporter_phone=mask_phone(phone) if phone else None,
-        reporter_name=mask_name(name) if name else None,
+        reporter_phone=mask_phone(reporter_phone) if reporter_phone else None,
+        reporter_name=mask_name(reporter_name) if reporter_name else None,
         assignments=[AssignmentView(
             user_id=a.user_id, display_name=names.get(a.user_id, str(a.user_id)), role=a.role,
             unit_type=a.unit_type, assigned_at=a.assigned_at, accepted_at=a.accepted_at,
@@ -556,9 +586,9 @@ def incident_view(*, session: Session, crypto: CryptoProvider, incident: Inciden
             level=clock_level(d, now) if d.state == DeadlineState.OPEN else None,
             seconds_left=int((d.due_at - now).total_seconds())
             if d.state == DeadlineState.OPEN else None)
-            for d in deadlines_of(session=session, incident_id=incident.id)],
-        reinforcements=reinforcement_requests_of(session=session, incident_id=incident.id),
-        duplicate_of_number=original.number if original else None)
+            for d in deadlines],
+        reinforcements=list(reinforcements),
+        duplicate_of_number=duplicate_of_number)
 
 
 def allowed_steps(*, session: Session, incident: Incident, user: User) -> list[str]:

@@ -39,13 +39,17 @@ class _In(BaseModel):
 
 
 class IncidentIn(_In):
-    """A new incident. One location: lon+lat (WGS-84 unless crs says gcj02) or address_text."""
+    """A new incident. One location: lon+lat (WGS-84 unless crs says gcj02), address_id (a door
+    plate's id or a standard address code) or address_text; an address resolves to its point."""
 
     category_code: str = Field(min_length=1, max_length=60)
     lon: float | None = Field(default=None, ge=-180, le=180)
     lat: float | None = Field(default=None, ge=-90, le=90)
     crs: Crs = Crs.WGS84
     address_text: str | None = Field(default=None, max_length=300)
+    address_id: str | None = Field(
+        default=None, max_length=120,
+        description="a door plate's id (the QR code) or a standard address (一标) code")
     description: str = Field(default="", max_length=DESCRIPTION_MAX_CHARS)
     reporter_phone: str | None = Field(default=None, max_length=40)
     reporter_name: str | None = Field(default=None, max_length=60)

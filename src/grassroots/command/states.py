@@ -16,6 +16,7 @@ from typing import Protocol
 
 from grassroots.kernel.auth.roles import Role
 from grassroots.kernel.errors import Conflict, PermissionDenied, ValidationFailed
+from grassroots.kernel.i18n import Term
 
 
 class IncidentState(enum.StrEnum):
@@ -56,6 +57,7 @@ class Action(enum.StrEnum):
     SUSPEND = "suspend"
     RESUME = "resume"
     SUPERVISE = "supervise"
+    ESCALATE = "escalate"  # 升级: up one tier, by a missed tier limit or by the centre
     REOPEN = "reopen"
 
 
@@ -104,20 +106,42 @@ UNIT_TIER: dict[UnitType, Tier] = {
     UnitType.IRRIGATION_OFFICE: Tier.STREET,
 }
 
-# The highest tier each role acts for, for "may close at" checks. No role stands for the
-# district yet, so a category that only the district may close cannot be closed here.
+# The highest tier each role acts for, for "may close at" checks.
 ROLE_TIER: dict[Role, Tier] = {
     Role.GRID_WORKER: Tier.GRID,
     Role.ZONE_RESPONDER: Tier.ZONE,
     Role.DISPATCHER: Tier.STREET,
     Role.STREET_LEADER: Tier.STREET,
+    Role.DISTRICT_DEPARTMENT: Tier.DISTRICT,
 }
+
+
+def next_tier(tier: Tier) -> Tier | None:
+    """The level an unsolved incident goes up to; None at the top (the district)."""
+    order = list(Tier)
+    rank = TIER_ORDER[tier]
+    return order[rank + 1] if rank + 1 < len(order) else None
+
+
+def higher_tier(a: Tier, b: Tier) -> Tier:
+    return a if TIER_ORDER[a] >= TIER_ORDER[b] else b
 
 
 class LimitUnit(enum.StrEnum):
     WORKING_HOURS = "working_hours"
     WORKING_DAYS = "working_days"
     HOURS = "hours"
+
+
+# 分级诊疗: each level has its own limit, from when the incident reaches it (*default*). The
+# category's handling limit caps it, so an urgent case never sits longer at one level than it
+# may take in all. The district is the top: nobody above it to pass to.
+TIER_LIMITS: dict[Tier, tuple[int, LimitUnit] | None] = {
+    Tier.GRID: (1, LimitUnit.WORKING_DAYS),
+    Tier.ZONE: (2, LimitUnit.WORKING_DAYS),
+    Tier.STREET: (3, LimitUnit.WORKING_DAYS),
+    Tier.DISTRICT: None,
+}
 
 
 class AttributeType(enum.StrEnum):
@@ -171,18 +195,30 @@ class Audience(enum.StrEnum):
     """Who a notice goes to, along the escalation chain."""
 
     RESPONDER = "responder"
+    GRID = "grid"
     ZONE_LEADER = "zone_leader"
     COMMAND_CENTRE = "command_centre"
     STREET_LEADER = "street_leader"
+    DISTRICT = "district"
 
 
 # The role a notice to each audience is addressed to. There is no zone-leader role yet, so a
 # zone leader's notice goes to the zone's responders, with the zone on the notice.
 AUDIENCE_ROLE: dict[Audience, Role] = {
     Audience.RESPONDER: Role.ZONE_RESPONDER,
+    Audience.GRID: Role.GRID_WORKER,
     Audience.ZONE_LEADER: Role.ZONE_RESPONDER,
     Audience.COMMAND_CENTRE: Role.DISPATCHER,
     Audience.STREET_LEADER: Role.STREET_LEADER,
+    Audience.DISTRICT: Role.DISTRICT_DEPARTMENT,
+}
+
+# Who answers for an incident at each tier, and so hears about its tier limit.
+TIER_AUDIENCE: dict[Tier, Audience] = {
+    Tier.GRID: Audience.GRID,
+    Tier.ZONE: Audience.ZONE_LEADER,
+    Tier.STREET: Audience.COMMAND_CENTRE,
+    Tier.DISTRICT: Audience.DISTRICT,
 }
 
 
@@ -222,6 +258,8 @@ ESCALATION_CHAINS: dict[DeadlineKind, tuple[Audience, ...]] = {
     DeadlineKind.HANDLING: (Audience.RESPONDER, Audience.ZONE_LEADER, Audience.COMMAND_CENTRE,
                             Audience.STREET_LEADER),
     DeadlineKind.CALLBACK: (Audience.COMMAND_CENTRE, Audience.STREET_LEADER),
+    # The tier clock's chain is per level (TIER_AUDIENCE), see tier_breach below; this entry
+    # only sizes it: reminder, supervision, then the next level.
     DeadlineKind.TIER: (Audience.ZONE_LEADER, Audience.COMMAND_CENTRE, Audience.STREET_LEADER),
 }
 ESCALATION_INTERVAL: dict[DeadlineKind, timedelta] = {
@@ -243,8 +281,25 @@ DEADLINE_ACTIVE_STATES: dict[DeadlineKind, frozenset[IncidentState]] = {
     DeadlineKind.REINFORCEMENT: frozenset({S.DISPATCHED, S.ACCEPTED, S.ON_SCENE}),
     DeadlineKind.HANDLING: frozenset({S.DISPATCHED, S.ACCEPTED, S.ON_SCENE}),
     DeadlineKind.CALLBACK: frozenset({S.CLOSED}),
-    DeadlineKind.TIER: frozenset({S.REGISTERED, S.DISPATCHED, S.ACCEPTED, S.ON_SCENE}),
+    DeadlineKind.TIER: frozenset({S.REGISTERED, S.SENT_BACK, S.DISPATCHED, S.ACCEPTED,
+                                  S.ON_SCENE}),
 }
+
+
+class TierBreach(enum.StrEnum):
+    """What a missed tier limit does at each step (DOMAIN.md §2: reminder → supervision → up)."""
+
+    REMIND = "remind"  # 催办 to the level that holds it
+    SUPERVISE = "supervise"  # 督办 by the level above
+    ESCALATE = "escalate"  # handed to the level above, with that level's own limit
+
+
+TIER_BREACH_STEPS = (TierBreach.REMIND, TierBreach.SUPERVISE, TierBreach.ESCALATE)
+TIER_GRACE = timedelta(hours=4)  # *default*: between reminder, supervision and escalation
+
+
+def tier_breach(step: int) -> TierBreach:
+    return TIER_BREACH_STEPS[min(step, len(TIER_BREACH_STEPS) - 1)]
 
 
 def breach_notice_level(step: int) -> NoticeLevel:
@@ -280,6 +335,8 @@ DEADLINE_EFFECTS: dict[Action, tuple[tuple[frozenset[DeadlineKind], DeadlineStat
     Action.VOID: ((_ALL_KINDS, DeadlineState.CANCELLED),),
     Action.MERGE: ((_ALL_KINDS, DeadlineState.CANCELLED),),
     Action.REOPEN: ((frozenset({DeadlineKind.CALLBACK}), DeadlineState.CANCELLED),),
+    # The level below's clock stops; the action starts the next level's.
+    Action.ESCALATE: ((frozenset({DeadlineKind.TIER}), DeadlineState.CANCELLED),),
 }
 
 # The incident timestamp an action stamps: (column, first time only). The response clocks keep
@@ -310,10 +367,13 @@ RELEASES: dict[Action, frozenset[ResponseRole]] = {
 
 # --- the transition table ----------------------------------------------------------------------
 
-_RESPONDERS = frozenset({Role.ZONE_RESPONDER, Role.GRID_WORKER})
+# A district department's officers take the orders passed up to them like any responder.
+_RESPONDERS = frozenset({Role.ZONE_RESPONDER, Role.GRID_WORKER, Role.DISTRICT_DEPARTMENT})
 _CENTRE = frozenset({Role.DISPATCHER, Role.STREET_LEADER})
+# People who act on an incident only once it is sent to them (actions._require_assigned).
+FIELD_RESPONDER_ROLES = _RESPONDERS
 _CHECKERS = frozenset({Role.DISPATCHER, Role.STREET_LEADER, Role.GRID_WORKER,
-                       Role.ZONE_RESPONDER})
+                       Role.ZONE_RESPONDER, Role.DISTRICT_DEPARTMENT})
 
 
 @dataclass(frozen=True)
@@ -367,6 +427,8 @@ TRANSITIONS: dict[Action, TransitionRule] = {rule.action: rule for rule in (
           restores_previous=True),
     _rule(Action.SUPERVISE, OPEN_STATES, None, _CENTRE, reason_required=True),
     _rule(Action.REOPEN, {S.CLOSED}, S.REGISTERED, _CENTRE, reason_required=True),
+    _rule(Action.ESCALATE, {S.REGISTERED, S.SENT_BACK, S.DISPATCHED, S.ACCEPTED, S.ON_SCENE},
+          None, _CENTRE, reason_required=True, system=True),
 )}
 
 
@@ -383,18 +445,21 @@ class TransitionContext:
 def _guard_role(rule: TransitionRule, role: Role | None) -> None:
     allowed = rule.system if role is None else role in rule.roles
     if not allowed:
-        raise PermissionDenied("command.error.role_not_allowed", action=rule.action,
-                               role=role or "system")
+        raise PermissionDenied("command.error.role_not_allowed",
+                               action=Term(f"command.action.{rule.action}"),
+                               role=Term(f"role.{role}") if role else "system")
 
 
 def _guard_state(rule: TransitionRule, state: IncidentState) -> None:
     if state not in rule.from_states:
-        raise Conflict("command.error.wrong_state", action=rule.action, state=state)
+        raise Conflict("command.error.wrong_state", action=Term(f"command.action.{rule.action}"),
+                       state=Term(f"command.state.{state}"))
 
 
 def _guard_reason(rule: TransitionRule, reason: str | None) -> None:
     if rule.reason_required and not (reason and reason.strip()):
-        raise ValidationFailed("command.error.reason_required", action=rule.action)
+        raise ValidationFailed("command.error.reason_required",
+                               action=Term(f"command.action.{rule.action}"))
 
 
 def _guard_checker(rule: TransitionRule, ctx: TransitionContext) -> None:
@@ -408,7 +473,8 @@ def _guard_tier(rule: TransitionRule, role: Role | None, ctx: TransitionContext)
         return
     tier = ROLE_TIER.get(role)
     if tier is None or TIER_ORDER[tier] < TIER_ORDER[ctx.may_close_at]:
-        raise PermissionDenied("command.error.tier_too_low", tier=ctx.may_close_at)
+        raise PermissionDenied("command.error.tier_too_low",
+                               tier=Term(f"command.tier.{ctx.may_close_at}"))
 
 
 def _guard_site_visit(rule: TransitionRule, state: IncidentState, ctx: TransitionContext) -> None:
@@ -525,6 +591,16 @@ def handling_due(value: int, unit: LimitUnit | str, start: datetime,
                  calendar: WorkingCalendar) -> datetime:
     """When a category's handling limit runs out, counted from `start`."""
     return _LIMIT_DUE[LimitUnit(unit)](calendar, start, value)
+
+
+def tier_due(tier: Tier, start: datetime, calendar: WorkingCalendar, *,
+             handling_value: int, handling_unit: LimitUnit | str) -> datetime | None:
+    """When the level `tier` must have solved it (its own limit, capped by the category's)."""
+    limit = TIER_LIMITS[tier]
+    if limit is None:
+        return None
+    own = handling_due(limit[0], limit[1], start, calendar)
+    return min(own, handling_due(handling_value, handling_unit, start, calendar))
 
 
 NUMBER_PREFIX = "SF"  # *default*: Shuangfu; the public number is SF + Beijing date + daily count

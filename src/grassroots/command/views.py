@@ -10,6 +10,8 @@ the last stamp it saw (Last-Event-ID) so nothing in between is missed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -26,7 +28,7 @@ from grassroots.command import actions, queries
 from grassroots.command.api import PoliceDeskDep
 from grassroots.command.categories import AttributeSpec, attributes_of
 from grassroots.command.context import current_calendar, current_locator
-from grassroots.command.models import Incident, IncidentCategory, IncidentPhoto
+from grassroots.command.models import Incident, IncidentCategory, IncidentPhoto, Notice
 from grassroots.command.request_deps import (
     ClientIp,
     LanguageDep,
@@ -45,6 +47,7 @@ from grassroots.command.states import (
     ResponderState,
     UnitType,
 )
+from grassroots.kernel.addresses.models import StandardAddress
 from grassroots.kernel.auth.models import User
 from grassroots.kernel.auth.roles import Permission, has_permission
 from grassroots.kernel.clock import format_display
@@ -86,7 +89,29 @@ def time_left(seconds: int | None, language: str) -> str:
 
 
 def _helpers(language: str) -> dict[str, Any]:
-    return {"time_left": lambda s: time_left(s, language), "format_time": format_display}
+    return {"time_left": lambda s: time_left(s, language), "format_time": format_display,
+            "notice_text": lambda n: notice_text(n, language)}
+
+
+def _std_address_code(session: Session, incident: Incident) -> str | None:
+    if incident.std_address_id is None:
+        return None
+    address = session.get(StandardAddress, incident.std_address_id)
+    return address.code if address is not None else None
+
+
+def notice_text(notice: Notice, language: str) -> str:
+    """A stored notice in the reader's language, its times shown in Beijing time."""
+    params: dict[str, Any] = json.loads(notice.params or "{}")
+    for name in ("due_at",):
+        if isinstance(params.get(name), str):
+            with contextlib.suppress(ValueError):  # not a time after all: shown as stored
+                params[name] = format_display(datetime.fromisoformat(params[name]),
+                                              "%m-%d %H:%M")
+    try:
+        return translate(notice.message_id, language, **params)
+    except (KeyError, IndexError):  # a message that names a parameter this notice lacks
+        return translate(notice.message_id, language)
 
 
 def _live_context(session: Session, runtime: Runtime, user: User,
@@ -209,6 +234,8 @@ def _incident_context(session: Session, runtime: Runtime, user: User, incident: 
         "photos": session.scalars(select(IncidentPhoto)
                                   .where(IncidentPhoto.incident_id == incident.id)
                                   .order_by(IncidentPhoto.id)).all(),
+        "notices": queries.notices_of(session=session, incident_id=incident.id),
+        "std_address_code": _std_address_code(session, incident),
         "stamp": queries.change_stamp(session=session), **_helpers(language)}
 
 
@@ -338,7 +365,7 @@ def reveal_phone(request: Request, incident_id: int, user: Reader, session: Sess
 # --- the entry form: phone calls and 110 hand-overs --------------------------------------------
 
 _FORM_FIELDS = ("channel", "police_ref", "reporter_phone", "reporter_name", "category_code",
-                "lon", "lat", "crs", "address_text", "description", "urgency")
+                "lon", "lat", "crs", "address_text", "address_id", "description", "urgency")
 # Answers to a category's extra questions come as attr.<category code>.<question code>, so the
 # questions of the categories not chosen (hidden on the page) never mix in.
 ATTRIBUTE_PREFIX = "attr."
@@ -405,7 +432,7 @@ def _question_text(session: Session, exc: ValidationFailed, language: str) -> st
 # The longest each field may be, as the API's schema allows (the description: intake checks).
 _FIELD_LIMITS = {"form_token": 120, "channel": 20, "police_ref": 60, "reporter_phone": 40,
                  "reporter_name": 60, "category_code": 60, "lon": 40, "lat": 40, "crs": 10,
-                 "address_text": 300, "urgency": 2}
+                 "address_text": 300, "address_id": 120, "urgency": 2}
 
 
 def _create_from_form(request: Request, session: Session, runtime: Runtime, user: User,
@@ -427,6 +454,7 @@ def _create_from_form(request: Request, session: Session, runtime: Runtime, user
             category_code=values["category_code"], calendar=current_calendar(session),
             locator=current_locator(session), lon=lon, lat=lat,
             address_text=values["address_text"].strip() or None,
+            address_id=values["address_id"].strip() or None,
             description=values["description"].strip(),
             reporter_phone=values["reporter_phone"].strip() or None,
             reporter_name=values["reporter_name"].strip() or None,

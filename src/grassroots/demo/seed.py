@@ -13,6 +13,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from grassroots.kernel.addresses.demo import seed_demo_addresses
+from grassroots.kernel.addresses.models import StandardAddress
 from grassroots.kernel.auth.models import User
 from grassroots.kernel.auth.roles import Role
 from grassroots.kernel.clock import DISPLAY_TZ
@@ -50,6 +52,7 @@ DEMO_ACCOUNTS = (
     DemoAccount("irrigation", "灌区调度员 马军", Role.IRRIGATION_DISPATCHER, None),
     DemoAccount("gateop", "闸门操作员 杨帆", Role.GATE_OPERATOR, None),
     DemoAccount("viewer", "只读用户", Role.VIEWER, "street"),
+    DemoAccount("district", "区城市管理局 吴刚", Role.DISTRICT_DEPARTMENT, "district"),
 )
 
 SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘"
@@ -85,6 +88,7 @@ def seed_demo(runtime: Runtime, *, progress: bool = False) -> dict[str, Any]:
         regions = _regions_by_level(session)
         _seed_accounts(session, runtime, regions, progress)
         _seed_building_heads(session, runtime, regions, progress)
+        seed_demo_addresses(session=session, runtime=runtime, progress=progress)
         responders = _seed_zone_staff(session, runtime, regions, progress)
         shifts = _seed_rosters(session, runtime, responders, progress)
         counts_categories = _seed_categories(session, runtime)
@@ -93,6 +97,7 @@ def seed_demo(runtime: Runtime, *, progress: bool = False) -> dict[str, Any]:
         counts["users"] = session.scalar(select(func.count(User.id))) or 0
         counts["zone_staff"] = len(responders)
         counts["shifts"] = shifts
+        counts["standard_addresses"] = session.scalar(select(func.count(StandardAddress.id)))
         counts["incident_categories"] = counts_categories
     counts["irrigation"] = _seed_irrigation(runtime, progress)
     return counts

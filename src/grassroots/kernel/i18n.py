@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -36,13 +37,31 @@ def register_messages(language: str, messages: dict[str, str]) -> None:
     catalogue(language).update(messages)
 
 
+@dataclass(frozen=True)
+class Term:
+    """A message parameter that is itself a message id, shown in the reader's language.
+
+    An error naming a state or an action passes Term("command.state.dispatched") rather than
+    the raw enum value, so a Chinese sentence never carries an English word.
+    """
+
+    message_id: str
+
+    def __str__(self) -> str:
+        return self.message_id
+
+
 def translate(message_id: str, language: str = DEFAULT_LANGUAGE, **params: Any) -> str:
     """Look up a message; fall back to zh_CN, then to the id itself so nothing is ever blank."""
     lang = language if language in LANGUAGES else DEFAULT_LANGUAGE
     text = catalogue(lang).get(message_id) or catalogue(DEFAULT_LANGUAGE).get(message_id)
     if text is None:
         return message_id
-    return text.format(**params) if params else text
+    if not params:
+        return text
+    shown = {name: translate(value.message_id, lang) if isinstance(value, Term) else value
+             for name, value in params.items()}
+    return text.format(**shown)
 
 
 def negotiate(accept_language: str | None, explicit: str | None = None) -> str:

@@ -62,6 +62,7 @@ ROLE_HOME = {
     Role.BUILDING_HEAD: "/field",
     Role.IRRIGATION_DISPATCHER: "/irrigation",
     Role.GATE_OPERATOR: "/irrigation",
+    Role.DISTRICT_DEPARTMENT: "/field/mine",
     Role.SYSTEM_ADMIN: "/admin/categories",
 }
 

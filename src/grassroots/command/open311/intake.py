@@ -35,9 +35,6 @@ REFERENCE_MAX = 120  # address_id, account_id, device_id, Idempotency-Key
 NAME_PART_MAX = 30  # two parts in CJK still fit the encrypted column (300 characters)
 EMAIL_MAX = 254
 MEDIA_URL_MAX = 1000
-# Written as the incident's address when only a standard-address id came: there is no door-plate
-# register to resolve it yet, and the dispatcher needs to see what the reporter pointed at.
-ADDRESS_ID_LABEL = "标准地址编码 "
 
 _ATTRIBUTE = re.compile(r"^attribute\[([^\[\]]+)\](\[\])?$")
 _SCALARS = ("api_key", "jurisdiction_id", "service_code", "lat", "long", "address_string",
@@ -201,13 +198,11 @@ def submit_request(*, session: Session, runtime: Runtime, client: Open311Client,
     if idempotency_key is not None and len(idempotency_key) > REFERENCE_MAX:
         raise Open311Error(400, f"Idempotency-Key is longer than {REFERENCE_MAX} characters")
     reference = client_ref(client)
-    address_text = data.address_string
-    if data.lat is None and address_text is None and data.address_id is not None:
-        address_text = ADDRESS_ID_LABEL + data.address_id
     result = actions.intake(
         session=session, runtime=runtime, actor=SystemActor(reference), channel=Channel.OPEN311,
         category_code=data.service_code, calendar=current_calendar(session),
-        locator=current_locator(session), lon=data.lon, lat=data.lat, address_text=address_text,
+        locator=current_locator(session), lon=data.lon, lat=data.lat,
+        address_text=data.address_string, address_id=data.address_id,
         description=data.description, idempotency_key=idempotency_key, client_ref=reference,
         reporter_phone=data.phone, reporter_name=data.reporter_name,
         attributes=data.attributes, source_ip=source_ip)

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, SessionTransactionOrigin
+from sqlalchemy.orm import Session
 
 from grassroots.irrigation.network.models import (
     Canal,
@@ -40,6 +38,7 @@ from grassroots.kernel.audit import record
 from grassroots.kernel.auth.models import User
 from grassroots.kernel.auth.roles import Permission, has_permission
 from grassroots.kernel.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from grassroots.kernel.units import unit_of_work as _unit_of_work
 
 if TYPE_CHECKING:
     from grassroots.runtime import Runtime
@@ -55,24 +54,6 @@ ALLOWED_PARENTS: dict[CanalLevel, frozenset[CanalLevel | None]] = {
 GATE_KINDS = frozenset({StructureKind.INTEGRATED_GATE, StructureKind.SMART_HOIST})
 
 
-@contextmanager
-def _unit_of_work(session: Session) -> Iterator[None]:
-    """One transaction per action; an action called inside a caller's explicit begin() joins it."""
-    transaction = session.get_transaction()
-    if transaction is None:
-        with session.begin():
-            yield
-        return
-    if transaction.origin is SessionTransactionOrigin.AUTOBEGIN:
-        try:
-            yield
-        except BaseException:
-            session.rollback()
-            raise
-        session.commit()
-        return
-    yield
-    session.flush()
 
 
 def actor_name(actor: Actor) -> str:

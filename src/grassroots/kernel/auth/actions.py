@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -28,7 +26,7 @@ from typing import TYPE_CHECKING
 import pyotp
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, SessionTransactionOrigin
+from sqlalchemy.orm import Session
 
 from grassroots.kernel.audit import record
 from grassroots.kernel.auth.hashers import (
@@ -52,6 +50,7 @@ from grassroots.kernel.errors import (
     ValidationFailed,
 )
 from grassroots.kernel.regions.models import Region
+from grassroots.kernel.units import unit_of_work as _unit_of_work
 
 if TYPE_CHECKING:
     from grassroots.runtime import Runtime
@@ -88,25 +87,6 @@ SYSTEM_ACTOR = "system"
 # --- helpers ---------------------------------------------------------------------------------
 
 
-@contextmanager
-def _unit_of_work(session: Session) -> Iterator[None]:
-    """One transaction per action; an action called inside a caller's explicit begin() joins it."""
-    transaction = session.get_transaction()
-    if transaction is None:
-        with session.begin():
-            yield
-        return
-    if transaction.origin is SessionTransactionOrigin.AUTOBEGIN:
-        # Only reads ran so far (autobegun); this action's write ends that transaction.
-        try:
-            yield
-        except BaseException:
-            session.rollback()
-            raise
-        session.commit()
-        return
-    yield
-    session.flush()
 
 
 def actor_name(actor: Actor) -> str:

@@ -19,6 +19,7 @@ class Role(enum.StrEnum):
     OWNERS_COMMITTEE = "owners_committee"
     IRRIGATION_DISPATCHER = "irrigation_dispatcher"
     GATE_OPERATOR = "gate_operator"
+    DISTRICT_DEPARTMENT = "district_department"
     VIEWER = "viewer"
 
 
@@ -72,6 +73,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
                                            P.IRRIGATION_DISPATCH, P.GATES_OPERATE}),
     Role.GATE_OPERATOR: frozenset({P.REGIONS_READ, P.IRRIGATION_READ, P.GATES_OPERATE}),
     Role.VIEWER: frozenset({P.REGIONS_READ, P.INCIDENTS_READ, P.IRRIGATION_READ}),
+    # An officer of a district department (区级部门): takes the orders escalated to the district.
+    Role.DISTRICT_DEPARTMENT: frozenset(_READ_GOV | {P.INCIDENTS_HANDLE}),
 }
 
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import shapely
 from sqlalchemy import select
-from sqlalchemy.orm import Session, SessionTransactionOrigin
+from sqlalchemy.orm import Session
 
 from grassroots.kernel.audit import record
 from grassroots.kernel.auth.models import User
@@ -28,6 +27,7 @@ from grassroots.kernel.regions.validate import (
     RegionSpec,
     validate_regions,
 )
+from grassroots.kernel.units import unit_of_work as _unit_of_work
 
 if TYPE_CHECKING:
     from grassroots.runtime import Runtime
@@ -67,24 +67,6 @@ class ImportResult:
         return "\n".join(lines)
 
 
-@contextmanager
-def _unit_of_work(session: Session) -> Iterator[None]:
-    """One transaction per action; an action called inside a caller's explicit begin() joins it."""
-    transaction = session.get_transaction()
-    if transaction is None:
-        with session.begin():
-            yield
-        return
-    if transaction.origin is SessionTransactionOrigin.AUTOBEGIN:
-        try:
-            yield
-        except BaseException:
-            session.rollback()
-            raise
-        session.commit()
-        return
-    yield
-    session.flush()
 
 
 def _actor_name(actor: Actor) -> str:

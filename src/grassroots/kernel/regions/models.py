@@ -6,7 +6,7 @@ import enum
 import secrets
 from typing import Any
 
-from sqlalchemy import Enum, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import Enum, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from grassroots.db import Base
@@ -54,3 +54,6 @@ class Region(Base):
 
     __mapper_args__ = {  # noqa: RUF012 (SQLAlchemy reads it as declared)
         "version_id_col": stamp, "version_id_generator": _new_stamp}
+    # The tree version (count, max id, sum of stamps) that every intake checks reads only this
+    # index (an index-only scan), not the rows with their geometries.
+    __table_args__ = (Index("ix_region_id_stamp", "id", "stamp"),)
