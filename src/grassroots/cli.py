@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import date
@@ -203,7 +204,11 @@ def cmd_addresses_plates(args: argparse.Namespace, settings: Settings) -> int:
         rows = active_plate_rows(session=session)
     lines = [["token", "address_code", "address"], *rows]
     if args.output == "-":
-        csv.writer(sys.stdout).writerows(lines)
+        try:
+            csv.writer(sys.stdout).writerows(lines)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `… plates | head`: the reader has all it wanted
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (no flush error at exit)
         return 0
     with Path(args.output).open("w", encoding="utf-8", newline="") as handle:
         csv.writer(handle).writerows(lines)
