@@ -110,6 +110,7 @@ from grassroots.kernel.auth.scope import path_in_scope, scope_path
 from grassroots.kernel.clock import to_display
 from grassroots.kernel.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from grassroots.kernel.personal import reveal
+from grassroots.kernel.regions.locate import LocateIndex
 from grassroots.kernel.regions.models import Region, RegionLevel
 
 if TYPE_CHECKING:
@@ -129,9 +130,13 @@ def _atomic(session: Session) -> Iterator[None]:
     A read-only transaction the caller left open (say, after loading the user) is ended first,
     so the action reads fresh rows. On SQLite a transaction whose snapshot went stale under a
     concurrent writer fails with "database is locked" at its first write; that is a lost race,
-    reported as Conflict.
+    reported as Conflict. Under READ COMMITTED (PostgreSQL's default) every statement reads
+    the rows committed when it starts, whatever the transaction read before, so there the
+    read-only transaction is simply carried on: ending it would only cost a COMMIT, a pool
+    checkout with its ping and a new BEGIN, and change nothing the action can see.
     """
-    if session.in_transaction() and not (session.new or session.dirty or session.deleted):
+    if session.in_transaction() and not (session.new or session.dirty or session.deleted) \
+            and not _reads_fresh_per_statement(session):
         session.commit()
     try:
         yield
@@ -144,6 +149,20 @@ def _atomic(session: Session) -> Iterator[None]:
     except BaseException:
         session.rollback()
         raise
+
+
+def _reads_fresh_per_statement(session: Session) -> bool:
+    """Whether the session's open transaction gives each statement a fresh snapshot.
+
+    Only PostgreSQL at READ COMMITTED; SQLite's read transaction keeps its snapshot, as do
+    REPEATABLE READ and SERIALIZABLE. Reads no more than what the connection already knows.
+    """
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        return False
+    level = connection.get_execution_options().get(
+        "isolation_level", connection.default_isolation_level)
+    return str(level).upper().replace("_", " ") == "READ COMMITTED"
 
 
 def _rowcount(session: Session, stmt: Update) -> int:
@@ -1628,7 +1647,11 @@ def enter_incident(*, session: Session, runtime: Runtime, actor: User, channel: 
     point = _resolve_place(session, lon, lat, address_text, address_id)
     if point.lon is not None and point.lat is not None and locator is not None:
         found = locator(point.lon, point.lat)
-        if found and not path_in_scope(scope_path(session, actor), found[0].path):
+        # The cached LocateIndex behind the locator (its tree version was checked in this
+        # request) knows every region's path, the user's scope region's included.
+        index = getattr(locator, "__self__", None)
+        known = index.refs if isinstance(index, LocateIndex) else None
+        if found and not path_in_scope(scope_path(session, actor, known), found[0].path):
             raise ValidationFailed("command.error.location_outside_scope")
     fields: dict[str, Any] = {
         "lon": lon, "lat": lat, "address_text": address_text or None, "address_id": address_id,
