@@ -21,9 +21,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
+from grassroots.db import REQUEST_SESSION_ATTR
 from grassroots.kernel.auth import actions, queries
 from grassroots.kernel.auth.models import LoginSession, User
 from grassroots.kernel.auth.roles import ROLE_PERMISSIONS, Permission, Role
@@ -75,9 +77,27 @@ LOGIN_PATH = "/login"
 # --- per-request identity --------------------------------------------------------------------
 
 
-def _user_for_bearer(runtime: Runtime, token: str) -> User | None:
-    with runtime.session_factory() as session:
-        return actions.user_for_api_token(session=session, runtime=runtime, token=token)
+def _user_for_bearer(runtime: Runtime, token: str) -> tuple[User | None, Session | None]:
+    """The token's user, and the session it was looked up in for the request to go on with.
+
+    The user is detached from that session, as it would be from a closed one. With no user the
+    session is closed and None.
+    """
+    session = runtime.session_factory()
+    try:
+        user = actions.user_for_api_token(session=session, runtime=runtime, token=token)
+        if user is not None:
+            session.expunge(user)
+            return user, session
+    except BaseException:
+        session.close()
+        raise
+    session.close()
+    return None, None
+
+
+def _close(session: Session) -> None:
+    session.close()
 
 
 def _session_for_cookie(runtime: Runtime,
@@ -143,15 +163,27 @@ class AuthMiddleware(BaseHTTPMiddleware):
         authorization = request.headers.get("authorization")
         if authorization:
             scheme, _, credential = authorization.partition(" ")
-            user = None
+            user, db_session = None, None
             if scheme.lower() == "bearer" and credential.strip():
-                user = await run_in_threadpool(_user_for_bearer, runtime, credential.strip())
+                user, db_session = await run_in_threadpool(_user_for_bearer, runtime,
+                                                           credential.strip())
             if user is None:
                 response = _error(request, 401, "not_authenticated", "error.not_authenticated")
                 response.headers["WWW-Authenticate"] = "Bearer"
                 return response
             state.user = user
             state.auth_method = "token"
+            if db_session is not None:
+                setattr(state, REQUEST_SESSION_ATTR, db_session)
+                try:
+                    return await self._respond(request, call_next, False, explicit_language)
+                finally:
+                    # The route's session dependency takes it over and closes it; a route
+                    # that wanted no session leaves it here to close.
+                    left = getattr(state, REQUEST_SESSION_ATTR, None)
+                    if left is not None:
+                        setattr(state, REQUEST_SESSION_ATTR, None)
+                        await run_in_threadpool(_close, left)
         else:
             cookie = request.cookies.get(SESSION_COOKIE)
             if cookie:
@@ -174,6 +206,11 @@ class AuthMiddleware(BaseHTTPMiddleware):
                         refusal.delete_cookie(SESSION_COOKIE, path="/")
                     return refusal
 
+        return await self._respond(request, call_next, stale_cookie, explicit_language)
+
+    @staticmethod
+    async def _respond(request: Request, call_next: RequestResponseEndpoint, stale_cookie: bool,
+                       explicit_language: str | None) -> Response:
         response = await call_next(request)
         if stale_cookie and not _sets_session_cookie(response):
             response.delete_cookie(SESSION_COOKIE, path="/")

@@ -645,20 +645,21 @@ def user_for_api_token(*, session: Session, runtime: Runtime, token: str) -> Use
     """The active user a live token acts as, or None for an unknown, revoked or malformed one."""
     if not token.startswith(API_TOKEN_PREFIX) or len(token) > MAX_TOKEN_LENGTH:
         return None
+    # Only the token columns the check needs, in the one query with the user.
     found = session.execute(
-        select(ApiToken, User).join(User, User.id == ApiToken.user_id)
+        select(ApiToken.id, ApiToken.revoked_at, ApiToken.last_used_at, User)
+        .join(User, User.id == ApiToken.user_id)
         .where(ApiToken.token_hash == _token_hash(token))).first()
     if found is None:
         return None
-    row, user = found
-    if row.revoked_at is not None or not user.is_active:
+    token_id, revoked_at, last_used_at, user = found
+    if revoked_at is not None or not user.is_active:
         return None
     now = runtime.clock.now()
-    if row.last_used_at is None or now - row.last_used_at >= API_TOKEN_TOUCH_INTERVAL:
+    if last_used_at is None or now - last_used_at >= API_TOKEN_TOUCH_INTERVAL:
         with _unit_of_work(session):
-            session.execute(update(ApiToken).where(ApiToken.id == row.id)
+            session.execute(update(ApiToken).where(ApiToken.id == token_id)
                             .values(last_used_at=now))
-        row.last_used_at = now
     return user
 
 
