@@ -38,6 +38,7 @@ from grassroots.command.categories import (
     spec_of,
     validate_answers,
 )
+from grassroots.command.context import category_by_code
 from grassroots.command.models import (
     Assignment,
     Deadline,
@@ -689,7 +690,7 @@ def _intake(session: Session, runtime: Runtime, actor: Actor, channel: Channel, 
     received = received_at or now
     if received > now:
         raise ValidationFailed("command.error.received_in_future")
-    category = queries.get_category(session=session, code=category_code)
+    category = category_by_code(session, category_code)
     if category is None or not category.active:
         raise ValidationFailed("command.error.unknown_category", code=category_code)
     lon, lat, address_text = place.lon, place.lat, place.address_text
