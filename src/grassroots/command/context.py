@@ -6,6 +6,7 @@ endpoint pays one cheap version query per call (intake_context: one for all), no
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
@@ -100,15 +101,21 @@ def current_locator(session: Session) -> Locator:
     return get_locate_index(session).locate
 
 
-def intake_context(session: Session) -> tuple[WorkingCalendar, Locator]:
-    """current_calendar and current_locator, checking their versions and the categories' in
-    one query (category_by_code then uses the cached categories in this transaction)."""
+@functools.cache
+def _intake_versions() -> Select[Any]:
+    """The three version queries as one statement, built once: a statement is immutable, and
+    building it (and its cache key, memoised on the object) costs more than running it."""
     calendar = _calendar_version_query().subquery()
     tree = tree_version_query().subquery()
     categories = _category_version_query().subquery()
-    row = session.execute(
-        select(*calendar.c, *tree.c, *categories.c)
-        .select_from(calendar.join(tree, true()).join(categories, true()))).one()
+    return select(*calendar.c, *tree.c, *categories.c).select_from(
+        calendar.join(tree, true()).join(categories, true()))
+
+
+def intake_context(session: Session) -> tuple[WorkingCalendar, Locator]:
+    """current_calendar and current_locator, checking their versions and the categories' in
+    one query (category_by_code then uses the cached categories in this transaction)."""
+    row = session.execute(_intake_versions()).one()
     count, newest, regions, max_id, stamps = row[:5]
     session.info[_CATEGORY_VERSION] = (session.get_transaction(), tuple(row[5:]))
     return (current_calendar(session, (count, newest)),
