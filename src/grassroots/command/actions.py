@@ -11,6 +11,7 @@ hold uncommitted writes of its own in the session it passes in.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import secrets
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import CursorResult, Update, exists, func, select, text, update
+from sqlalchemy import CursorResult, Update, bindparam, exists, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -239,6 +240,18 @@ def _free(session: Session, user_ids: Sequence[int], now: datetime) -> None:
             ).values(state=ResponderState.AVAILABLE, updated_at=now))
 
 
+@functools.cache
+def _claim_statement(skip_locked: bool) -> Update:
+    """_claim's compare-and-set, built once (see queries._by_idempotency_key)."""
+    match = [ResponderStatus.user_id == bindparam("claimed"),
+             ResponderStatus.state == ResponderState.AVAILABLE]
+    if skip_locked:
+        match = [ResponderStatus.user_id == select(ResponderStatus.user_id).where(*match)
+                 .with_for_update(skip_locked=True).scalar_subquery()]
+    return update(ResponderStatus).where(*match).values(
+        state=ResponderState.BUSY, updated_at=bindparam("now"))
+
+
 def _claim(session: Session, user_id: int, now: datetime, *, skip_locked: bool = False,
            has_status: bool | None = None) -> bool:
     """Mark an available responder busy by compare-and-set, so two dispatches never share one.
@@ -247,13 +260,11 @@ def _claim(session: Session, user_id: int, now: datetime, *, skip_locked: bool =
     as taken at once, instead of waiting for that transaction to end (the caller moves on to
     the next nearest). SQLite has one writer at a time, so it never waits on a claim anyway.
     """
-    match = [ResponderStatus.user_id == user_id,
-             ResponderStatus.state == ResponderState.AVAILABLE]
-    if skip_locked and session.get_bind().dialect.name == "postgresql":
-        match = [ResponderStatus.user_id == select(ResponderStatus.user_id).where(*match)
-                 .with_for_update(skip_locked=True).scalar_subquery()]
-    if _rowcount(session, update(ResponderStatus).where(*match)
-                 .values(state=ResponderState.BUSY, updated_at=now)) == 1:
+    skip = skip_locked and session.get_bind().dialect.name == "postgresql"
+    result = cast(CursorResult[Any], session.execute(
+        _claim_statement(skip), {"claimed": user_id, "now": now},
+        execution_options={"synchronize_session": False}))
+    if result.rowcount == 1:
         return True
     if has_status:  # known to have a status row, so it is busy, off or being claimed
         return False

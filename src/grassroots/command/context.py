@@ -65,7 +65,7 @@ def category_by_code(session: Session, code: str) -> IncidentCategory | None:
     present = session.identity_map.get(
         inspect(IncidentCategory).identity_key_from_primary_key((values["id"],)))
     if present is not None:
-        return present  # type: ignore[no-any-return]
+        return present
     category = IncidentCategory(**values)
     make_transient_to_detached(category)
     session.add(category)
