@@ -23,7 +23,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import CursorResult, Update, bindparam, exists, func, select, text, update
+from sqlalchemy import (
+    CursorResult,
+    Table,
+    Update,
+    bindparam,
+    exists,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -307,6 +318,9 @@ class _Fresh:
     """
 
     deadlines: list[Deadline] = field(default_factory=list)
+    # Its transitions' column values: nothing reads them back, so they are written as one
+    # Core executemany once the incident has its id, not as ORM objects through the flush.
+    transitions: list[dict[str, Any]] = field(default_factory=list)
     # (actor, action, detail) of the audit rows its steps owe, recorded once it has a number.
     audits: list[tuple[Actor, str, dict[str, Any]]] = field(default_factory=list)
 
@@ -360,10 +374,14 @@ def _step(session: Session, runtime: Runtime, actor: Actor, incident: Incident, 
         if len(won) != 1:
             raise Conflict("command.error.concurrent_change")
     details = {"from": from_state.value, "to": to_state.value, **(detail or {})}
-    session.add(IncidentTransition(
+    transition = dict(
         incident_id=incident.id, from_state=from_state, to_state=to_state, action=rule.action,
         reason=reason, actor=actor.username, actor_id=actor.id, at=now,
-        detail=json.dumps(details, ensure_ascii=False, sort_keys=True, default=str)))
+        detail=json.dumps(details, ensure_ascii=False, sort_keys=True, default=str))
+    if fresh is not None:
+        fresh.transitions.append(transition)
+    else:
+        session.add(IncidentTransition(**transition))
     if fresh is not None:
         fresh.audits.append((actor, f"incident:transition:{rule.action}",
                              {"reason": reason, **details}))
@@ -748,9 +766,9 @@ def _intake(session: Session, runtime: Runtime, actor: Actor, channel: Channel, 
     before = set(session.new)
     fresh = _Fresh()
     with session.no_autoflush:
-        session.add(IncidentTransition(
+        fresh.transitions.append(dict(
             incident_id=incident.id, from_state=None, to_state=IncidentState.RECEIVED,
-            action="receive", actor=actor.username, actor_id=actor.id, at=now,
+            action="receive", reason=None, actor=actor.username, actor_id=actor.id, at=now,
             detail=json.dumps({"channel": channel.value}, sort_keys=True)))
         fresh.audits.append((actor, "incident:create", {
             "channel": channel.value, "category": category.code, "zone_id": incident.zone_id,
@@ -770,6 +788,9 @@ def _intake(session: Session, runtime: Runtime, actor: Actor, channel: Channel, 
         session.flush([incident])
         for child in children:
             child.incident_id = incident.id
+    for transition in fresh.transitions:
+        transition["incident_id"] = incident.id
+    session.execute(_INSERT_TRANSITIONS, fresh.transitions)
     session.flush()
     # Only now the day's public number: its counter row is the one lock every intake shares,
     # held from here to COMMIT, so everything else is written already. Until then the row
@@ -786,6 +807,9 @@ def _intake(session: Session, runtime: Runtime, actor: Actor, channel: Channel, 
                         deadlines=sorted(fresh.deadlines, key=lambda d: d.id),
                         assigned_names=names, reporter_phone=phone,
                         reporter_name=reporter_name or None)
+
+
+_INSERT_TRANSITIONS = insert(cast(Table, IncidentTransition.__table__))
 
 
 def _provisional_number() -> str:
