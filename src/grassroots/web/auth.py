@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from grassroots.db import REQUEST_SESSION_ATTR
 from grassroots.kernel.auth import actions, queries
@@ -141,49 +142,105 @@ def _sets_session_cookie(response: Response) -> bool:
     return any(value.startswith(prefix) for value in response.headers.getlist("set-cookie"))
 
 
-class AuthMiddleware(BaseHTTPMiddleware):
-    """Loads the user from the session cookie or bearer token and enforces CSRF."""
+def _start(request: Request) -> tuple[Runtime, str | None]:
+    """Reset the per-request identity in request.state and negotiate the language."""
+    state = request.state
+    state.user = None
+    state.pending_user = None
+    state.login_session = None
+    state.csrf_token = ""
+    state.auth_method = None
+    explicit_language = request.query_params.get("lang")
+    state.language = negotiate(request.headers.get("accept-language"),
+                               explicit_language or request.cookies.get(LANGUAGE_COOKIE))
+    runtime: Runtime = request.app.state.runtime
+    return runtime, explicit_language
+
+
+def _unauthenticated(request: Request) -> Response:
+    response = _error(request, 401, "not_authenticated", "error.not_authenticated")
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+async def _bearer_user(request: Request, runtime: Runtime,
+                       authorization: str) -> tuple[User | None, Session | None]:
+    scheme, _, credential = authorization.partition(" ")
+    if scheme.lower() == "bearer" and credential.strip():
+        return await run_in_threadpool(_user_for_bearer, runtime, credential.strip())
+    return None, None
+
+
+async def _close_left_over(request: Request) -> None:
+    """Close the looked-up session if no session dependency took it over."""
+    state = request.state
+    left = getattr(state, REQUEST_SESSION_ATTR, None)
+    if left is not None:
+        setattr(state, REQUEST_SESSION_ATTR, None)
+        await run_in_threadpool(_close, left)
+
+
+class AuthMiddleware:
+    """Loads the user from the session cookie or bearer token and enforces CSRF.
+
+    A request with an Authorization header (and no ?lang= to answer with a cookie) is served
+    here as plain ASGI, the API's hot path: it sets no cookie, so it needs none of
+    BaseHTTPMiddleware's wrapping of the response. Everything else goes through
+    _SessionAuthMiddleware (cookies, CSRF with form bodies, the language cookie).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.others = _SessionAuthMiddleware(app)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(SKIP_PREFIXES):
+            await self.others(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        authorization = request.headers.get("authorization")
+        if not authorization or request.query_params.get("lang"):
+            await self.others(scope, receive, send)
+            return
+        runtime, _ = _start(request)
+        user, db_session = await _bearer_user(request, runtime, authorization)
+        if user is None:
+            await _unauthenticated(request)(scope, receive, send)
+            return
+        request.state.user = user
+        request.state.auth_method = "token"
+        setattr(request.state, REQUEST_SESSION_ATTR, db_session)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            # The route's session dependency takes it over and closes it; a route that
+            # wanted no session leaves it here to close.
+            await _close_left_over(request)
+
+
+class _SessionAuthMiddleware(BaseHTTPMiddleware):
+    """AuthMiddleware for requests that may need a cookie set or deleted on the way out."""
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         path = request.url.path
         if path.startswith(SKIP_PREFIXES):
             return await call_next(request)
-        runtime: Runtime = request.app.state.runtime
+        runtime, explicit_language = _start(request)
         state = request.state
-        state.user = None
-        state.pending_user = None
-        state.login_session = None
-        state.csrf_token = ""
-        state.auth_method = None
-        explicit_language = request.query_params.get("lang")
-        state.language = negotiate(request.headers.get("accept-language"),
-                                   explicit_language or request.cookies.get(LANGUAGE_COOKIE))
         stale_cookie = False
 
         authorization = request.headers.get("authorization")
         if authorization:
-            scheme, _, credential = authorization.partition(" ")
-            user, db_session = None, None
-            if scheme.lower() == "bearer" and credential.strip():
-                user, db_session = await run_in_threadpool(_user_for_bearer, runtime,
-                                                           credential.strip())
+            user, db_session = await _bearer_user(request, runtime, authorization)
             if user is None:
-                response = _error(request, 401, "not_authenticated", "error.not_authenticated")
-                response.headers["WWW-Authenticate"] = "Bearer"
-                return response
+                return _unauthenticated(request)
             state.user = user
             state.auth_method = "token"
-            if db_session is not None:
-                setattr(state, REQUEST_SESSION_ATTR, db_session)
-                try:
-                    return await self._respond(request, call_next, False, explicit_language)
-                finally:
-                    # The route's session dependency takes it over and closes it; a route
-                    # that wanted no session leaves it here to close.
-                    left = getattr(state, REQUEST_SESSION_ATTR, None)
-                    if left is not None:
-                        setattr(state, REQUEST_SESSION_ATTR, None)
-                        await run_in_threadpool(_close, left)
+            setattr(state, REQUEST_SESSION_ATTR, db_session)
+            try:
+                return await self._respond(request, call_next, False, explicit_language)
+            finally:
+                await _close_left_over(request)
         else:
             cookie = request.cookies.get(SESSION_COOKIE)
             if cookie:
