@@ -194,12 +194,13 @@ class AuthMiddleware:
         self.others = _SessionAuthMiddleware(app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(SKIP_PREFIXES):
+        if scope["type"] != "http":
             await self.others(scope, receive, send)
             return
         request = Request(scope, receive)
         authorization = request.headers.get("authorization")
-        if not authorization or request.query_params.get("lang"):
+        if not authorization or request.url.path.startswith(SKIP_PREFIXES) \
+                or request.query_params.get("lang"):
             await self.others(scope, receive, send)
             return
         runtime, _ = _start(request)
