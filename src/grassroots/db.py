@@ -64,6 +64,21 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
 
 
+# The request.state attribute under which the auth middleware hands the session it looked the
+# bearer token up in to the request's session dependency (see take_request_session).
+REQUEST_SESSION_ATTR = "db_session"
+
+
+def take_request_session(state: Any, factory: sessionmaker[Session]) -> Session:
+    """The session the middleware left in request.state (taken: the caller now closes it), else
+    a new one. Reusing it saves a pool checkout (with its ping), a BEGIN and a ROLLBACK."""
+    session = getattr(state, REQUEST_SESSION_ATTR, None)
+    if isinstance(session, Session):
+        setattr(state, REQUEST_SESSION_ATTR, None)
+        return session
+    return factory()
+
+
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 

@@ -11,6 +11,7 @@ hold uncommitted writes of its own in the session it passes in.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import secrets
@@ -22,7 +23,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import CursorResult, Update, exists, func, select, text, update
+from sqlalchemy import (
+    CursorResult,
+    Table,
+    Update,
+    bindparam,
+    exists,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -38,6 +50,7 @@ from grassroots.command.categories import (
     spec_of,
     validate_answers,
 )
+from grassroots.command.context import category_by_code
 from grassroots.command.models import (
     Assignment,
     Deadline,
@@ -110,6 +123,7 @@ from grassroots.kernel.auth.scope import path_in_scope, scope_path
 from grassroots.kernel.clock import to_display
 from grassroots.kernel.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from grassroots.kernel.personal import reveal
+from grassroots.kernel.regions.locate import LocateIndex
 from grassroots.kernel.regions.models import Region, RegionLevel
 
 if TYPE_CHECKING:
@@ -129,9 +143,13 @@ def _atomic(session: Session) -> Iterator[None]:
     A read-only transaction the caller left open (say, after loading the user) is ended first,
     so the action reads fresh rows. On SQLite a transaction whose snapshot went stale under a
     concurrent writer fails with "database is locked" at its first write; that is a lost race,
-    reported as Conflict.
+    reported as Conflict. Under READ COMMITTED (PostgreSQL's default) every statement reads
+    the rows committed when it starts, whatever the transaction read before, so there the
+    read-only transaction is simply carried on: ending it would only cost a COMMIT, a pool
+    checkout with its ping and a new BEGIN, and change nothing the action can see.
     """
-    if session.in_transaction() and not (session.new or session.dirty or session.deleted):
+    if session.in_transaction() and not (session.new or session.dirty or session.deleted) \
+            and not _reads_fresh_per_statement(session):
         session.commit()
     try:
         yield
@@ -144,6 +162,20 @@ def _atomic(session: Session) -> Iterator[None]:
     except BaseException:
         session.rollback()
         raise
+
+
+def _reads_fresh_per_statement(session: Session) -> bool:
+    """Whether the session's open transaction gives each statement a fresh snapshot.
+
+    Only PostgreSQL at READ COMMITTED; SQLite's read transaction keeps its snapshot, as do
+    REPEATABLE READ and SERIALIZABLE. Reads no more than what the connection already knows.
+    """
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        return False
+    level = connection.get_execution_options().get(
+        "isolation_level", connection.default_isolation_level)
+    return str(level).upper().replace("_", " ") == "READ COMMITTED"
 
 
 def _rowcount(session: Session, stmt: Update) -> int:
@@ -219,6 +251,18 @@ def _free(session: Session, user_ids: Sequence[int], now: datetime) -> None:
             ).values(state=ResponderState.AVAILABLE, updated_at=now))
 
 
+@functools.cache
+def _claim_statement(skip_locked: bool) -> Update:
+    """_claim's compare-and-set, built once (see queries._by_idempotency_key)."""
+    match = [ResponderStatus.user_id == bindparam("claimed"),
+             ResponderStatus.state == ResponderState.AVAILABLE]
+    if skip_locked:
+        match = [ResponderStatus.user_id == select(ResponderStatus.user_id).where(*match)
+                 .with_for_update(skip_locked=True).scalar_subquery()]
+    return update(ResponderStatus).where(*match).values(
+        state=ResponderState.BUSY, updated_at=bindparam("now"))
+
+
 def _claim(session: Session, user_id: int, now: datetime, *, skip_locked: bool = False,
            has_status: bool | None = None) -> bool:
     """Mark an available responder busy by compare-and-set, so two dispatches never share one.
@@ -227,13 +271,11 @@ def _claim(session: Session, user_id: int, now: datetime, *, skip_locked: bool =
     as taken at once, instead of waiting for that transaction to end (the caller moves on to
     the next nearest). SQLite has one writer at a time, so it never waits on a claim anyway.
     """
-    match = [ResponderStatus.user_id == user_id,
-             ResponderStatus.state == ResponderState.AVAILABLE]
-    if skip_locked and session.get_bind().dialect.name == "postgresql":
-        match = [ResponderStatus.user_id == select(ResponderStatus.user_id).where(*match)
-                 .with_for_update(skip_locked=True).scalar_subquery()]
-    if _rowcount(session, update(ResponderStatus).where(*match)
-                 .values(state=ResponderState.BUSY, updated_at=now)) == 1:
+    skip = skip_locked and session.get_bind().dialect.name == "postgresql"
+    result = cast(CursorResult[Any], session.execute(
+        _claim_statement(skip), {"claimed": user_id, "now": now},
+        execution_options={"synchronize_session": False}))
+    if result.rowcount == 1:
         return True
     if has_status:  # known to have a status row, so it is busy, off or being claimed
         return False
@@ -276,6 +318,9 @@ class _Fresh:
     """
 
     deadlines: list[Deadline] = field(default_factory=list)
+    # Its transitions' column values: nothing reads them back, so they are written as one
+    # Core executemany once the incident has its id, not as ORM objects through the flush.
+    transitions: list[dict[str, Any]] = field(default_factory=list)
     # (actor, action, detail) of the audit rows its steps owe, recorded once it has a number.
     audits: list[tuple[Actor, str, dict[str, Any]]] = field(default_factory=list)
 
@@ -329,10 +374,14 @@ def _step(session: Session, runtime: Runtime, actor: Actor, incident: Incident, 
         if len(won) != 1:
             raise Conflict("command.error.concurrent_change")
     details = {"from": from_state.value, "to": to_state.value, **(detail or {})}
-    session.add(IncidentTransition(
+    transition = dict(
         incident_id=incident.id, from_state=from_state, to_state=to_state, action=rule.action,
         reason=reason, actor=actor.username, actor_id=actor.id, at=now,
-        detail=json.dumps(details, ensure_ascii=False, sort_keys=True, default=str)))
+        detail=json.dumps(details, ensure_ascii=False, sort_keys=True, default=str))
+    if fresh is not None:
+        fresh.transitions.append(transition)
+    else:
+        session.add(IncidentTransition(**transition))
     if fresh is not None:
         fresh.audits.append((actor, f"incident:transition:{rule.action}",
                              {"reason": reason, **details}))
@@ -670,7 +719,7 @@ def _intake(session: Session, runtime: Runtime, actor: Actor, channel: Channel, 
     received = received_at or now
     if received > now:
         raise ValidationFailed("command.error.received_in_future")
-    category = queries.get_category(session=session, code=category_code)
+    category = category_by_code(session, category_code)
     if category is None or not category.active:
         raise ValidationFailed("command.error.unknown_category", code=category_code)
     lon, lat, address_text = place.lon, place.lat, place.address_text
@@ -717,9 +766,9 @@ def _intake(session: Session, runtime: Runtime, actor: Actor, channel: Channel, 
     before = set(session.new)
     fresh = _Fresh()
     with session.no_autoflush:
-        session.add(IncidentTransition(
+        fresh.transitions.append(dict(
             incident_id=incident.id, from_state=None, to_state=IncidentState.RECEIVED,
-            action="receive", actor=actor.username, actor_id=actor.id, at=now,
+            action="receive", reason=None, actor=actor.username, actor_id=actor.id, at=now,
             detail=json.dumps({"channel": channel.value}, sort_keys=True)))
         fresh.audits.append((actor, "incident:create", {
             "channel": channel.value, "category": category.code, "zone_id": incident.zone_id,
@@ -739,6 +788,9 @@ def _intake(session: Session, runtime: Runtime, actor: Actor, channel: Channel, 
         session.flush([incident])
         for child in children:
             child.incident_id = incident.id
+    for transition in fresh.transitions:
+        transition["incident_id"] = incident.id
+    session.execute(_INSERT_TRANSITIONS, fresh.transitions)
     session.flush()
     # Only now the day's public number: its counter row is the one lock every intake shares,
     # held from here to COMMIT, so everything else is written already. Until then the row
@@ -755,6 +807,9 @@ def _intake(session: Session, runtime: Runtime, actor: Actor, channel: Channel, 
                         deadlines=sorted(fresh.deadlines, key=lambda d: d.id),
                         assigned_names=names, reporter_phone=phone,
                         reporter_name=reporter_name or None)
+
+
+_INSERT_TRANSITIONS = insert(cast(Table, IncidentTransition.__table__))
 
 
 def _provisional_number() -> str:
@@ -1628,7 +1683,11 @@ def enter_incident(*, session: Session, runtime: Runtime, actor: User, channel: 
     point = _resolve_place(session, lon, lat, address_text, address_id)
     if point.lon is not None and point.lat is not None and locator is not None:
         found = locator(point.lon, point.lat)
-        if found and not path_in_scope(scope_path(session, actor), found[0].path):
+        # The cached LocateIndex behind the locator (its tree version was checked in this
+        # request) knows every region's path, the user's scope region's included.
+        index = getattr(locator, "__self__", None)
+        known = index.refs if isinstance(index, LocateIndex) else None
+        if found and not path_in_scope(scope_path(session, actor, known), found[0].path):
             raise ValidationFailed("command.error.location_outside_scope")
     fields: dict[str, Any] = {
         "lon": lon, "lat": lat, "address_text": address_text or None, "address_id": address_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 from collections.abc import Collection, Mapping, Sequence
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, bindparam, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from grassroots.command.models import (
@@ -68,9 +69,17 @@ def get_incident_by_number(*, session: Session, number: str) -> Incident | None:
 
 def find_by_idempotency_key(*, session: Session, channel: str, client_ref: str,
                             key: str) -> Incident | None:
-    return session.scalars(select(Incident).where(
-        Incident.channel == channel, Incident.client_ref == client_ref,
-        Incident.idempotency_key == key)).first()
+    return session.scalars(_by_idempotency_key(), {
+        "channel": channel, "client_ref": client_ref, "key": key}).first()
+
+
+# The intake path's statements are built once with bind parameters: building a statement and
+# its cache key each call costs more CPU than running it (the key is memoised on the object).
+@functools.cache
+def _by_idempotency_key() -> Select[tuple[Incident]]:
+    return select(Incident).where(
+        Incident.channel == bindparam("channel"), Incident.client_ref == bindparam("client_ref"),
+        Incident.idempotency_key == bindparam("key"))
 
 
 def find_by_reporter_phone(*, session: Session, crypto: CryptoProvider,
@@ -177,23 +186,31 @@ def duplicate_candidates(*, session: Session, category: IncidentCategory, lon: f
         return []
     dlat = radius / _METRES_PER_DEGREE
     dlon = dlat / max(0.01, math.cos(math.radians(lat)))
-    stmt = select(Incident).where(
-        Incident.category_id == category.id,
-        Incident.received_at >= at - timedelta(minutes=window),
-        Incident.received_at <= at,
-        Incident.state.not_in([IncidentState.CLOSED, IncidentState.VOIDED]),
-        Incident.lon.between(lon - dlon, lon + dlon),
-        Incident.lat.between(lat - dlat, lat + dlat),
-    )
+    stmt = _duplicates()
+    params: dict[str, Any] = {
+        "category_id": category.id, "since": at - timedelta(minutes=window), "until": at,
+        "lon_lo": lon - dlon, "lon_hi": lon + dlon, "lat_lo": lat - dlat, "lat_hi": lat + dlat}
     if exclude_id is not None:
         stmt = stmt.where(Incident.id != exclude_id)
     found = []
-    for incident in session.scalars(stmt):
+    for incident in session.scalars(stmt, params):
         assert incident.lon is not None and incident.lat is not None
         distance = haversine_m(lon, lat, incident.lon, incident.lat)
         if distance <= radius:
             found.append((distance, incident.id, incident))
     return [incident for _, _, incident in sorted(found, key=lambda t: (t[0], t[1]))]
+
+
+@functools.cache
+def _duplicates() -> Select[tuple[Incident]]:
+    return select(Incident).where(
+        Incident.category_id == bindparam("category_id"),
+        Incident.received_at >= bindparam("since"),
+        Incident.received_at <= bindparam("until"),
+        Incident.state.not_in([IncidentState.CLOSED, IncidentState.VOIDED]),
+        Incident.lon.between(bindparam("lon_lo"), bindparam("lon_hi")),
+        Incident.lat.between(bindparam("lat_lo"), bindparam("lat_hi")),
+    )
 
 
 @dataclass(frozen=True)
@@ -207,6 +224,17 @@ class Candidate:
     display_name: str | None = None
 
 
+@functools.cache
+def _on_duty() -> Select[tuple[int, str, ResponderStatus]]:
+    return (select(DutyShift.user_id, User.display_name, ResponderStatus)
+            .join(User, User.id == DutyShift.user_id)
+            .outerjoin(ResponderStatus, ResponderStatus.user_id == DutyShift.user_id)
+            .where(DutyShift.zone_id == bindparam("zone_id"),
+                   DutyShift.unit_type == bindparam("unit_type"),
+                   DutyShift.starts_at <= bindparam("at"), DutyShift.ends_at > bindparam("at"),
+                   User.is_active.is_(True)))
+
+
 def on_duty(*, session: Session, zone_id: int, unit_type: UnitType | str, at: datetime,
             lon: float | None = None, lat: float | None = None) -> list[Candidate]:
     """Everyone on a shift covering `at` for the zone and unit: available first, nearest first.
@@ -214,13 +242,8 @@ def on_duty(*, session: Session, zone_id: int, unit_type: UnitType | str, at: da
     A responder with no status yet counts as available with no known position; a position
     older than POSITION_STALE_AFTER counts as unknown.
     """
-    rows = session.execute(
-        select(DutyShift.user_id, User.display_name, ResponderStatus)
-        .join(User, User.id == DutyShift.user_id)
-        .outerjoin(ResponderStatus, ResponderStatus.user_id == DutyShift.user_id)
-        .where(DutyShift.zone_id == zone_id, DutyShift.unit_type == unit_type,
-               DutyShift.starts_at <= at, DutyShift.ends_at > at, User.is_active.is_(True))
-    ).all()
+    rows = session.execute(_on_duty(), {"zone_id": zone_id, "unit_type": unit_type,
+                                        "at": at}).all()
     seen: dict[int, Candidate] = {}
     for user_id, display_name, status in rows:
         state = status.state if status is not None else ResponderState.AVAILABLE

@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
 from grassroots.command.states import Actor
+from grassroots.db import take_request_session
 from grassroots.kernel.auth.models import User
 from grassroots.kernel.auth.roles import Permission, has_permission
 from grassroots.kernel.errors import NotAuthenticated, PermissionDenied
@@ -35,9 +36,12 @@ async def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_session(runtime: RuntimeDep) -> Iterator[Session]:
-    """A session per request; actions commit their own transaction, so we only close here."""
-    with runtime.session_factory() as session:
+def get_session(request: Request, runtime: RuntimeDep) -> Iterator[Session]:
+    """A session per request; actions commit their own transaction, so we only close here.
+
+    It is the one the auth middleware looked the bearer token up in, when there is one.
+    """
+    with take_request_session(request.state, runtime.session_factory) as session:
         yield session
 
 

@@ -21,9 +21,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from grassroots.db import REQUEST_SESSION_ATTR
 from grassroots.kernel.auth import actions, queries
 from grassroots.kernel.auth.models import LoginSession, User
 from grassroots.kernel.auth.roles import ROLE_PERMISSIONS, Permission, Role
@@ -75,9 +78,27 @@ LOGIN_PATH = "/login"
 # --- per-request identity --------------------------------------------------------------------
 
 
-def _user_for_bearer(runtime: Runtime, token: str) -> User | None:
-    with runtime.session_factory() as session:
-        return actions.user_for_api_token(session=session, runtime=runtime, token=token)
+def _user_for_bearer(runtime: Runtime, token: str) -> tuple[User | None, Session | None]:
+    """The token's user, and the session it was looked up in for the request to go on with.
+
+    The user is detached from that session, as it would be from a closed one. With no user the
+    session is closed and None.
+    """
+    session = runtime.session_factory()
+    try:
+        user = actions.user_for_api_token(session=session, runtime=runtime, token=token)
+        if user is not None:
+            session.expunge(user)
+            return user, session
+    except BaseException:
+        session.close()
+        raise
+    session.close()
+    return None, None
+
+
+def _close(session: Session) -> None:
+    session.close()
 
 
 def _session_for_cookie(runtime: Runtime,
@@ -121,37 +142,106 @@ def _sets_session_cookie(response: Response) -> bool:
     return any(value.startswith(prefix) for value in response.headers.getlist("set-cookie"))
 
 
-class AuthMiddleware(BaseHTTPMiddleware):
-    """Loads the user from the session cookie or bearer token and enforces CSRF."""
+def _start(request: Request) -> tuple[Runtime, str | None]:
+    """Reset the per-request identity in request.state and negotiate the language."""
+    state = request.state
+    state.user = None
+    state.pending_user = None
+    state.login_session = None
+    state.csrf_token = ""
+    state.auth_method = None
+    explicit_language = request.query_params.get("lang")
+    state.language = negotiate(request.headers.get("accept-language"),
+                               explicit_language or request.cookies.get(LANGUAGE_COOKIE))
+    runtime: Runtime = request.app.state.runtime
+    return runtime, explicit_language
+
+
+def _unauthenticated(request: Request) -> Response:
+    response = _error(request, 401, "not_authenticated", "error.not_authenticated")
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+async def _bearer_user(request: Request, runtime: Runtime,
+                       authorization: str) -> tuple[User | None, Session | None]:
+    scheme, _, credential = authorization.partition(" ")
+    if scheme.lower() == "bearer" and credential.strip():
+        return await run_in_threadpool(_user_for_bearer, runtime, credential.strip())
+    return None, None
+
+
+async def _close_left_over(request: Request) -> None:
+    """Close the looked-up session if no session dependency took it over."""
+    state = request.state
+    left = getattr(state, REQUEST_SESSION_ATTR, None)
+    if left is not None:
+        setattr(state, REQUEST_SESSION_ATTR, None)
+        await run_in_threadpool(_close, left)
+
+
+class AuthMiddleware:
+    """Loads the user from the session cookie or bearer token and enforces CSRF.
+
+    A request with an Authorization header (and no ?lang= to answer with a cookie) is served
+    here as plain ASGI, the API's hot path: it sets no cookie, so it needs none of
+    BaseHTTPMiddleware's wrapping of the response. Everything else goes through
+    _SessionAuthMiddleware (cookies, CSRF with form bodies, the language cookie).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.others = _SessionAuthMiddleware(app)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.others(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        authorization = request.headers.get("authorization")
+        if not authorization or request.url.path.startswith(SKIP_PREFIXES) \
+                or request.query_params.get("lang"):
+            await self.others(scope, receive, send)
+            return
+        runtime, _ = _start(request)
+        user, db_session = await _bearer_user(request, runtime, authorization)
+        if user is None:
+            await _unauthenticated(request)(scope, receive, send)
+            return
+        request.state.user = user
+        request.state.auth_method = "token"
+        setattr(request.state, REQUEST_SESSION_ATTR, db_session)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            # The route's session dependency takes it over and closes it; a route that
+            # wanted no session leaves it here to close.
+            await _close_left_over(request)
+
+
+class _SessionAuthMiddleware(BaseHTTPMiddleware):
+    """AuthMiddleware for requests that may need a cookie set or deleted on the way out."""
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         path = request.url.path
         if path.startswith(SKIP_PREFIXES):
             return await call_next(request)
-        runtime: Runtime = request.app.state.runtime
+        runtime, explicit_language = _start(request)
         state = request.state
-        state.user = None
-        state.pending_user = None
-        state.login_session = None
-        state.csrf_token = ""
-        state.auth_method = None
-        explicit_language = request.query_params.get("lang")
-        state.language = negotiate(request.headers.get("accept-language"),
-                                   explicit_language or request.cookies.get(LANGUAGE_COOKIE))
         stale_cookie = False
 
         authorization = request.headers.get("authorization")
         if authorization:
-            scheme, _, credential = authorization.partition(" ")
-            user = None
-            if scheme.lower() == "bearer" and credential.strip():
-                user = await run_in_threadpool(_user_for_bearer, runtime, credential.strip())
+            user, db_session = await _bearer_user(request, runtime, authorization)
             if user is None:
-                response = _error(request, 401, "not_authenticated", "error.not_authenticated")
-                response.headers["WWW-Authenticate"] = "Bearer"
-                return response
+                return _unauthenticated(request)
             state.user = user
             state.auth_method = "token"
+            setattr(state, REQUEST_SESSION_ATTR, db_session)
+            try:
+                return await self._respond(request, call_next, False, explicit_language)
+            finally:
+                await _close_left_over(request)
         else:
             cookie = request.cookies.get(SESSION_COOKIE)
             if cookie:
@@ -174,6 +264,11 @@ class AuthMiddleware(BaseHTTPMiddleware):
                         refusal.delete_cookie(SESSION_COOKIE, path="/")
                     return refusal
 
+        return await self._respond(request, call_next, stale_cookie, explicit_language)
+
+    @staticmethod
+    async def _respond(request: Request, call_next: RequestResponseEndpoint, stale_cookie: bool,
+                       explicit_language: str | None) -> Response:
         response = await call_next(request)
         if stale_cookie and not _sets_session_cookie(response):
             response.delete_cookie(SESSION_COOKIE, path="/")

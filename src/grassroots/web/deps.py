@@ -11,6 +11,7 @@ from typing import Annotated, cast
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from grassroots.db import take_request_session
 from grassroots.kernel.auth.models import User
 from grassroots.kernel.auth.roles import Permission, has_permission
 from grassroots.kernel.errors import NotAuthenticated, PermissionDenied
@@ -26,9 +27,12 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_session(runtime: RuntimeDep) -> Iterator[Session]:
-    """A session per request; actions commit their own transaction, so we only close here."""
-    with runtime.session_factory() as session:
+def get_session(request: Request, runtime: RuntimeDep) -> Iterator[Session]:
+    """A session per request; actions commit their own transaction, so we only close here.
+
+    It is the one the auth middleware looked the bearer token up in, when there is one.
+    """
+    with take_request_session(request.state, runtime.session_factory) as session:
         yield session
 
 

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event, insert, select, text, update
+from sqlalchemy import BigInteger, bindparam, event, insert, select, text, update
 from sqlalchemy.orm import Session, SessionTransaction
 
 from grassroots.kernel.audit.models import AuditHead, AuditRow
@@ -39,16 +39,18 @@ def _canonical(row: AuditRow, previous_mac: str) -> bytes:
     return "\x1f".join(fields).encode()
 
 
+# Built once: building the statement (and its cache key) costs more than running it.
+_LOCK_HEAD = (update(AuditHead).where(AuditHead.id == HEAD_ID)
+              .values(last_seq=AuditHead.last_seq + bindparam("count", type_=BigInteger))
+              .returning(AuditHead.last_seq, AuditHead.last_mac))
+
+
 def _lock_head(session: Session, count: int) -> tuple[int, str]:
     """Reserve `count` sequence numbers; that row lock (a write lock on SQLite) orders appenders.
 
     Returns the first reserved number and the MAC of the row before it.
     """
-    result = session.execute(
-        update(AuditHead).where(AuditHead.id == HEAD_ID)
-        .values(last_seq=AuditHead.last_seq + count)
-        .returning(AuditHead.last_seq, AuditHead.last_mac)
-    ).first()
+    result = session.execute(_LOCK_HEAD, {"count": count}).first()
     if result is None:
         session.add(AuditHead(id=HEAD_ID, last_seq=count, last_mac=""))
         session.flush()

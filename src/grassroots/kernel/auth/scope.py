@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, true
+from collections.abc import Mapping
+from typing import Protocol
+
+from sqlalchemy import ColumnElement, select, true
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from grassroots.kernel.auth.models import User
@@ -10,14 +13,30 @@ from grassroots.kernel.errors import NotFound
 from grassroots.kernel.regions.models import Region
 
 
-def scope_path(session: Session, user: User) -> str | None:
-    """The materialised path of the user's scope region, e.g. '/1/4/19/'; None means unlimited."""
-    if user.scope_region_id is None:
+class _HasPath(Protocol):
+    @property
+    def path(self) -> str: ...
+
+
+def scope_path(session: Session, user: User,
+               known: Mapping[int, _HasPath] | None = None) -> str | None:
+    """The materialised path of the user's scope region, e.g. '/1/4/19/'; None means unlimited.
+
+    Only the path column is read (never the region's geometry). `known` is a map of region id
+    to something with that region's current path (a LocateIndex's refs, checked against the
+    tree's version in this request): a scope region found there costs no query.
+    """
+    region_id = user.scope_region_id
+    if region_id is None:
         return None
-    region = session.get(Region, user.scope_region_id)
-    if region is None:  # a dangling scope must never widen access
+    if known is not None:
+        ref = known.get(region_id)
+        if ref is not None:
+            return ref.path
+    path = session.scalar(select(Region.path).where(Region.id == region_id))
+    if path is None:  # a dangling scope must never widen access
         return "/nonexistent/"
-    return region.path
+    return path
 
 
 def path_in_scope(scope: str | None, region_path: str) -> bool:
