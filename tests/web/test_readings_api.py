@@ -63,9 +63,9 @@ def sign_in(api: FastAPI, session: Session, runtime: Runtime) -> Iterator[SignIn
     def build(role: Role | None, *, method: str = "session") -> TestClient:
         user = make_user(session, runtime, role) if role is not None else None
 
-        def current(request: Request) -> User:
+        async def current(request: Request) -> User:
             if user is None:
-                return get_current_user(request)
+                return await get_current_user(request)
             request.state.auth_method = method
             return user
 

@@ -216,7 +216,7 @@ def _category(session: Session, incident: Incident) -> IncidentCategory:
     return category
 
 
-def _new_deadline(session: Session, *, incident_id: int, kind: DeadlineKind, start: datetime,
+def new_deadline(session: Session, *, incident_id: int, kind: DeadlineKind, start: datetime,
                   due: datetime, step: int = 0,
                   reinforcement_request_id: int | None = None) -> Deadline:
     deadline = Deadline(incident_id=incident_id, kind=kind, escalation_step=step,
@@ -773,7 +773,7 @@ def _intake(session: Session, runtime: Runtime, actor: Actor, channel: Channel, 
         fresh.audits.append((actor, "incident:create", {
             "channel": channel.value, "category": category.code, "zone_id": incident.zone_id,
             "duplicate_candidates": [d.number for d in duplicates]}))
-        fresh.deadlines.append(_new_deadline(
+        fresh.deadlines.append(new_deadline(
             session, incident_id=incident.id, kind=DeadlineKind.DISPATCH, start=received,
             due=received + CALL_PROCESSING_LIMIT))
         if auto_register:
@@ -858,7 +858,7 @@ def _send(session: Session, runtime: Runtime, actor: Actor, incident: Incident,
             unit_type=category.unit_type, distance_m=distance, assigned_by=actor.username,
             assigned_at=now))
     if category.on_scene_required:
-        on_scene = _new_deadline(session, incident_id=incident.id,
+        on_scene = new_deadline(session, incident_id=incident.id,
                                  kind=DeadlineKind.FIRST_ON_SCENE, start=now,
                                  due=now + FIRST_RESPONSE_LIMIT)
         if fresh is not None:
@@ -871,7 +871,7 @@ def _send(session: Session, runtime: Runtime, actor: Actor, incident: Incident,
             Deadline.state.in_([DeadlineState.OPEN, DeadlineState.PAUSED])))))
     if not has_handling:
         # The unit's limit runs from when it receives the order (12345 practice).
-        handling = _new_deadline(
+        handling = new_deadline(
             session, incident_id=incident.id, kind=DeadlineKind.HANDLING, start=now,
             due=handling_due(category.limit_value, category.limit_unit, now, calendar))
         if fresh is not None:
@@ -931,7 +931,7 @@ def _start_tier_clock(session: Session, incident: Incident, category: IncidentCa
                    handling_unit=category.limit_unit)
     if due is None:
         return
-    deadline = _new_deadline(session, incident_id=incident.id, kind=DeadlineKind.TIER,
+    deadline = new_deadline(session, incident_id=incident.id, kind=DeadlineKind.TIER,
                              start=now, due=due)
     if fresh is not None:
         fresh.deadlines.append(deadline)
@@ -1052,7 +1052,7 @@ def request_reinforcement(*, session: Session, runtime: Runtime, actor: Actor,
                 incident_id=incident.id, user_id=user_id, role=ResponseRole.REINFORCEMENT,
                 unit_type=unit, reinforcement_request_id=request.id, distance_m=distance,
                 assigned_by=actor.username, assigned_at=now))
-        _new_deadline(session, incident_id=incident.id, kind=DeadlineKind.REINFORCEMENT,
+        new_deadline(session, incident_id=incident.id, kind=DeadlineKind.REINFORCEMENT,
                       start=now, due=now + EFFECTIVE_RESPONSE_LIMIT,
                       reinforcement_request_id=request.id)
     return request
@@ -1133,7 +1133,7 @@ def close(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int,
               expected_version=expected_version, source_ip=source_ip)
         if incident.reporter_phone_enc is not None:
             now = runtime.clock.now()
-            _new_deadline(session, incident_id=incident.id, kind=DeadlineKind.CALLBACK,
+            new_deadline(session, incident_id=incident.id, kind=DeadlineKind.CALLBACK,
                           start=now, due=calendar.add_working_days(now, CALLBACK_WORKING_DAYS))
     return incident
 
@@ -1200,7 +1200,7 @@ def send_back(*, session: Session, runtime: Runtime, actor: Actor, incident_id: 
                                    days=SEND_BACK_WORKING_DAYS)
         _step(session, runtime, actor, incident, Action.SEND_BACK, reason=reason,
               expected_version=expected_version, source_ip=source_ip)
-        _new_deadline(session, incident_id=incident.id, kind=DeadlineKind.DISPATCH, start=now,
+        new_deadline(session, incident_id=incident.id, kind=DeadlineKind.DISPATCH, start=now,
                       due=now + CALL_PROCESSING_LIMIT)
     return incident
 
@@ -1315,7 +1315,7 @@ def reopen(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int
         _step(session, runtime, actor, incident, Action.REOPEN, reason=reason,
               expected_version=expected_version, source_ip=source_ip)
         now = runtime.clock.now()
-        _new_deadline(session, incident_id=incident.id, kind=DeadlineKind.DISPATCH, start=now,
+        new_deadline(session, incident_id=incident.id, kind=DeadlineKind.DISPATCH, start=now,
                       due=now + CALL_PROCESSING_LIMIT)
         # The level that holds it gets its limit afresh (the old clock ended at closing).
         _start_tier_clock(session, incident, _category(session, incident), calendar, now)

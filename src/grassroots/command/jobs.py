@@ -21,7 +21,7 @@ from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from grassroots.command.actions import escalate_tier, notify
+from grassroots.command.actions import escalate_tier, new_deadline, notify
 from grassroots.command.context import current_calendar
 from grassroots.command.models import Deadline, Incident
 from grassroots.command.states import (
@@ -45,7 +45,6 @@ from grassroots.command.states import (
     next_audience,
     next_tier,
     tier_breach,
-    warn_time,
 )
 from grassroots.kernel.audit import record
 from grassroots.kernel.i18n import DEFAULT_LANGUAGE, Term, translate
@@ -184,21 +183,15 @@ def _on_breach(session: Session, runtime: Runtime, deadline: Deadline, incident:
         message_id=f"command.notice.{deadline.kind}.breached",
         params={"number": incident.number, "due_at": deadline.due_at, "step": step + 1}, at=now)
     if has_next_deadline(deadline.kind, step):
-        due = now + ESCALATION_INTERVAL[deadline.kind]
-        session.add(Deadline(
-            incident_id=incident.id, kind=deadline.kind, escalation_step=step + 1,
-            reinforcement_request_id=deadline.reinforcement_request_id, starts_at=now,
-            due_at=due, warn_at=warn_time(now, due), level=DeadlineLevel.NONE,
-            state=DeadlineState.OPEN, version=1))
+        _next_step(session, deadline, now, now + ESCALATION_INTERVAL[deadline.kind])
     return len(notices)
 
 
-def _follow_up(session: Session, deadline: Deadline, incident: Incident, now: datetime) -> None:
-    due = now + TIER_GRACE
-    session.add(Deadline(
-        incident_id=incident.id, kind=deadline.kind, escalation_step=deadline.escalation_step + 1,
-        starts_at=now, due_at=due, warn_at=warn_time(now, due), level=DeadlineLevel.NONE,
-        state=DeadlineState.OPEN, version=1))
+def _next_step(session: Session, deadline: Deadline, now: datetime, due: datetime) -> None:
+    """The same clock one step up the chain, from now until `due`."""
+    new_deadline(session, incident_id=deadline.incident_id, kind=deadline.kind, start=now,
+                 due=due, step=deadline.escalation_step + 1,
+                 reinforcement_request_id=deadline.reinforcement_request_id)
 
 
 def _on_tier_breach(session: Session, runtime: Runtime, deadline: Deadline, incident: Incident,
@@ -226,7 +219,7 @@ def _on_tier_breach(session: Session, runtime: Runtime, deadline: Deadline, inci
     notices = notify(session=session, incident=incident, deadline_id=deadline.id, level=level,
                      audience=audience, message_id=f"command.notice.tier.{step}",
                      params=params, at=now)
-    _follow_up(session, deadline, incident, now)
+    _next_step(session, deadline, now, now + TIER_GRACE)
     return len(notices)
 
 

@@ -34,6 +34,7 @@ from grassroots.kernel.auth.models import User
 from grassroots.kernel.auth.roles import Permission, has_permission
 from grassroots.kernel.auth.scope import path_in_scope, scope_path
 from grassroots.kernel.errors import NotFound, PermissionDenied, ValidationFailed
+from grassroots.kernel.files import fsync_directory
 
 if TYPE_CHECKING:
     from grassroots.runtime import Runtime
@@ -255,20 +256,6 @@ def discard(staged: Iterable[StagedPhoto]) -> None:
 # --- recording ---------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable on POSIX; not every platform can open a directory.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _final_relative(now: datetime, content_type: str) -> str:
     return f"{PHOTOS_DIR}/{now:%Y/%m}/{uuid.uuid4().hex}.{EXTENSIONS[content_type]}"
 
@@ -316,7 +303,7 @@ def attach_photos(*, session: Session, runtime: Runtime, actor: Actor, incident_
                 sha256=photo.sha256, width=photo.width, height=photo.height,
                 uploaded_by=actor.username, uploaded_by_id=actor.id, uploaded_at=now))
         for directory in {path.parent for path in placed}:
-            _fsync_dir(directory)
+            fsync_directory(directory)
         session.add_all(rows)
         session.flush()
         record(session, runtime=runtime, actor=actor.username, action="incident:photo:add",

@@ -6,13 +6,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import Request
 from fastapi.templating import Jinja2Templates
 from jinja2 import ChoiceLoader, FileSystemLoader
 
 from grassroots.kernel.auth.roles import Permission, has_permission
 from grassroots.kernel.clock import format_display
-from grassroots.kernel.i18n import translate
+from grassroots.plumbing import page_context as page_context
 
 # Each domain keeps its pages in <package>/templates; the web package holds the base layout.
 TEMPLATE_PACKAGES = (
@@ -44,18 +43,3 @@ def build_templates() -> Jinja2Templates:
 def user_has_permission(user: Any, permission: str) -> bool:
     """For templates: whether a signed-in user's role grants `permission` (e.g. nav links)."""
     return user is not None and has_permission(user.role, Permission(permission))
-
-
-def page_context(request: Request, **values: Any) -> dict[str, Any]:
-    """Context for every page: the language, a `_` translator, the user and the CSRF token."""
-    language = getattr(request.state, "language", None) or "zh_CN"
-    context: dict[str, Any] = {
-        "request": request,
-        "lang": language,
-        "_": lambda message_id, **params: translate(message_id, language, **params),
-        "user": getattr(request.state, "user", None),
-        "csrf_token": getattr(request.state, "csrf_token", ""),
-        "settings": request.app.state.runtime.settings,
-    }
-    context.update(values)
-    return context
