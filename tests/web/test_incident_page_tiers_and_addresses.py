@@ -103,7 +103,7 @@ def test_the_dispatcher_escalates_from_the_page_and_the_notices_show(
     sign_in(client, street.dispatcher.username)
     url = f"/command/incidents/{incident.id}"
     page = client.get(url).text
-    assert 'data-action="escalate"' in page
+    assert f'action="{url}/actions/escalate"' in page
     response = client.post(f"{url}/actions/escalate", data={
         "csrf_token": csrf_from(page), "expected_version": str(incident.version),
         "reason": "需要街道协调城管和物业"}, follow_redirects=False)
@@ -114,6 +114,11 @@ def test_the_dispatcher_escalates_from_the_page_and_the_notices_show(
     assert "片区 → 街道" in page
     assert 'id="notices"' in page
     assert "已升级至街道指挥中心处置：需要街道协调城管和物业" in page
+    response = client.post(f"{url}/actions/escalate", data={
+        "csrf_token": csrf_from(page), "reason": "须区城管局处理"}, follow_redirects=False)
+    assert response.status_code == 303, response.text
+    # The district is the top: no escalate form any more (the timeline still shows the steps).
+    assert f'action="{url}/actions/escalate"' not in client.get(url).text
 
 
 def test_a_step_in_the_wrong_state_is_explained_without_english_words(

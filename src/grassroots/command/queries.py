@@ -39,10 +39,12 @@ from grassroots.command.states import (
     IncidentState,
     ResponderState,
     ResponseRole,
+    Tier,
     TransitionContext,
     UnitType,
     check_transition,
     haversine_m,
+    next_tier,
     normalize_phone,
 )
 from grassroots.kernel.auth.models import User
@@ -634,6 +636,7 @@ def allowed_steps(*, session: Session, incident: Incident, user: User) -> list[s
     extra_rules: dict[Action, bool] = {
         Action.KEEP_SEPARATE: incident.needs_duplicate_review,
         Action.REINFORCEMENT_ARRIVED: waiting,
+        Action.ESCALATE: next_tier(Tier(incident.tier)) is not None,  # nobody above the district
     }
     allowed: list[str] = []
     for action in TRANSITIONS:
