@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from grassroots import __version__
+from grassroots.command.intake_writer import IntakeWriter
 from grassroots.command.open311.api import install_open311_error_handling
 from grassroots.runtime import Runtime
 from grassroots.settings import Settings, get_settings
@@ -29,6 +30,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.state.runtime = runtime
     app.state.templates = build_templates()
+    app.state.intake_writer = IntakeWriter(runtime)
+    app.add_event_handler("shutdown", app.state.intake_writer.close)
     static_dir = Path(str(resources.files("grassroots.web"))) / "static"
     app.mount("/static", StaticFiles(directory=static_dir), name="static")
     install_error_handlers(app)

@@ -50,7 +50,7 @@ from grassroots.command.categories import (
     spec_of,
     validate_answers,
 )
-from grassroots.command.context import category_by_code
+from grassroots.command.context import category_by_code, intake_context
 from grassroots.command.models import (
     Assignment,
     Deadline,
@@ -99,6 +99,7 @@ from grassroots.command.states import (
     IncidentState,
     Locator,
     NoticeLevel,
+    PersonActor,
     ResponderState,
     ResponseRole,
     Tier,
@@ -121,7 +122,13 @@ from grassroots.kernel.auth.models import User
 from grassroots.kernel.auth.roles import Permission, Role, has_permission
 from grassroots.kernel.auth.scope import path_in_scope, scope_path
 from grassroots.kernel.clock import to_display
-from grassroots.kernel.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from grassroots.kernel.errors import (
+    Conflict,
+    GrassrootsError,
+    NotFound,
+    PermissionDenied,
+    ValidationFailed,
+)
 from grassroots.kernel.personal import reveal
 from grassroots.kernel.regions.locate import LocateIndex
 from grassroots.kernel.regions.models import Region, RegionLevel
@@ -318,6 +325,7 @@ class _Fresh:
     """
 
     deadlines: list[Deadline] = field(default_factory=list)
+    assignments: list[Assignment] = field(default_factory=list)
     # Its transitions' column values: nothing reads them back, so they are written as one
     # Core executemany once the incident has its id, not as ORM objects through the flush.
     transitions: list[dict[str, Any]] = field(default_factory=list)
@@ -541,6 +549,8 @@ class IntakeResult:
     assigned_names: dict[int, str] = field(default_factory=dict)
     reporter_phone: str | None = None
     reporter_name: str | None = None
+    # The names of its zone, grid and micro-grid, when the locator's index knew them all.
+    region_names: dict[int, str] | None = None
 
 
 def _check_location(lon: float | None, lat: float | None, address_text: str | None,
@@ -602,41 +612,116 @@ def _regions(locator: Locator | None, lon: float | None, lat: float | None) -> d
     return values
 
 
-def _next_number(session: Session, received_at: datetime) -> str:
-    """The day's next public number; the upsert's row lock orders concurrent intakes."""
-    day = to_display(received_at).strftime("%Y%m%d")
+def _channel(channel: Channel | str) -> Channel:
+    try:
+        return Channel(channel)
+    except ValueError:
+        raise ValidationFailed("command.error.unknown_channel", channel=channel) from None
+
+
+def _bump_counter(session: Session, day: str, count: int) -> int:
+    """Reserve `count` of the day's numbers; the last one. The upsert's row lock orders intakes."""
+    return int(session.execute(_bump_statement(session.get_bind().dialect.name),
+                               {"day": day, "count": count}).scalar_one())
+
+
+@functools.cache
+def _bump_statement(dialect: str) -> Any:
     table = IncidentNumberCounter
-    sequence = session.execute(
-        _insert(session)(table).values(day=day, last=1)
-        .on_conflict_do_update(index_elements=[table.day], set_={"last": table.last + 1})
-        .returning(table.last)).scalar_one()
-    return format_number(day, int(sequence))
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (dialect_insert(table).values(day=bindparam("day"), last=bindparam("count"))
+            .on_conflict_do_update(index_elements=[table.day],
+                                   set_={"last": table.last + bindparam("count")})
+            .returning(table.last))
 
 
-# _next_number and the UPDATE in one statement; lpad as format_number's {:06d} (never cutting).
-_NUMBER_SQL = text(
-    "WITH bumped AS (INSERT INTO incident_number_counter (day, last) VALUES (:day, 1) "
-    "ON CONFLICT (day) DO UPDATE SET last = incident_number_counter.last + 1 RETURNING last) "
-    "UPDATE incident SET number = :prefix || lpad(bumped.last::text, "
-    "greatest(6, length(bumped.last::text)), '0') FROM bumped WHERE incident.id = :id "
-    "RETURNING incident.number")
+_SET_NUMBER = update(cast(Table, Incident.__table__)).where(
+    cast(Table, Incident.__table__).c.id == bindparam("b_id")).values(
+    number=bindparam("b_number"))
 
 
-def _number_incident(session: Session, incident: Incident, received_at: datetime) -> None:
-    """Give the (flushed) incident the day's next number: _next_number, written at once.
+def _number_incidents(session: Session, incidents: Sequence[Incident]) -> None:
+    """Give the (flushed) incidents their day's next public numbers, in the order given.
 
-    On PostgreSQL the counter's upsert and the incident's UPDATE are one statement (a data-
-    modifying CTE, formatting as format_number does), one round trip less inside the lock.
+    The counter row is the one lock every intake shares, held from here to COMMIT, so this
+    comes after everything else is written: one bump per day for the whole batch. Until then
+    each row carries a unique placeholder (_provisional_number) no other transaction can see.
     """
-    if session.get_bind().dialect.name != "postgresql":
-        number = _next_number(session, received_at)
-        _rowcount(session, update(Incident).where(Incident.id == incident.id)
-                  .values(number=number))
-    else:
-        day = to_display(received_at).strftime("%Y%m%d")
-        number = session.execute(_NUMBER_SQL, {
-            "day": day, "prefix": format_number(day, 0)[:-6], "id": incident.id}).scalar_one()
-    set_committed_value(incident, "number", number)
+    by_day: dict[str, list[Incident]] = {}
+    for incident in incidents:
+        by_day.setdefault(to_display(incident.received_at).strftime("%Y%m%d"), []).append(
+            incident)
+    for day, group in by_day.items():
+        first = _bump_counter(session, day, len(group)) - len(group) + 1
+        for offset, incident in enumerate(group):
+            set_committed_value(incident, "number", format_number(day, first + offset))
+        session.execute(_SET_NUMBER, [{"b_id": i.id, "b_number": i.number} for i in group])
+
+
+class IntakeAlone(Exception):
+    """intake_many's outcome for a report it left for later: it repeats the idempotency key of
+    an earlier report in the same batch, so it must run by itself once that one is in (and
+    will then return it)."""
+
+
+@dataclass
+class IntakeCall:
+    """One report: what intake takes besides the session, the calendar and the locator."""
+
+    actor: Actor
+    channel: Channel | str
+    category_code: str
+    lon: float | None = None
+    lat: float | None = None
+    address_text: str | None = None
+    address_id: str | None = None
+    description: str = ""
+    title: str | None = None
+    idempotency_key: str | None = None
+    client_ref: str | None = None
+    external_ref: str | None = None
+    reporter_phone: str | None = None
+    reporter_name: str | None = None
+    attributes: Mapping[str, Any] | None = None
+    urgency: int | None = None
+    received_at: datetime | None = None
+    auto_register: bool = True
+    auto_dispatch: bool = True
+    source_ip: str | None = None
+    fingerprint: str | None = None
+    # A person's report (enter_incident) must fall inside their data scope, wherever the point,
+    # plate or address puts it: they could not follow it up otherwise.
+    check_scope: bool = False
+    scope_region_id: int | None = None
+
+    @property
+    def client(self) -> str:
+        return self.client_ref or self.actor.username
+
+
+@dataclass
+class _Checked:
+    """A report that passed every check, with its category, place and cleaned values."""
+
+    call: IntakeCall
+    channel: Channel
+    category: IncidentCategory
+    place: _Place
+    title: str
+    urgency: int
+    answers: dict[str, Any]
+    phone: str | None
+    received: datetime
+    regions: dict[str, Any]
+
+    @functools.cached_property
+    def probe(self) -> queries.DuplicateProbe:
+        return queries.DuplicateProbe(self.category, self.place.lon, self.place.lat,
+                                      self.received)
+
+    @property
+    def dispatches(self) -> bool:
+        return self.call.auto_register and self.call.auto_dispatch
 
 
 def intake(*, session: Session, runtime: Runtime, actor: Actor, channel: Channel | str,
@@ -648,7 +733,8 @@ def intake(*, session: Session, runtime: Runtime, actor: Actor, channel: Channel
            reporter_name: str | None = None, attributes: Mapping[str, Any] | None = None,
            urgency: int | None = None, received_at: datetime | None = None,
            auto_register: bool = True, auto_dispatch: bool = True,
-           source_ip: str | None = None, fingerprint: str | None = None) -> IntakeResult:
+           source_ip: str | None = None, fingerprint: str | None = None,
+           check_scope: bool = False, scope_region_id: int | None = None) -> IntakeResult:
     """The one way in for every channel: record, locate, flag duplicates, register, dispatch.
 
     auto_register=False leaves it received for the centre to verify first (collect → verify →
@@ -658,39 +744,414 @@ def intake(*, session: Session, runtime: Runtime, actor: Actor, channel: Channel
     `fingerprint` (see request_fingerprint) is stored with the incident; a retry whose
     fingerprint differs from the stored one is refused instead of returning the first incident.
     `address_id` (a door plate's id or a standard address code) or an address text alone
-    resolves to the standard address's point (see _resolve_place).
+    resolves to the standard address's point (see _resolve_place). check_scope refuses a
+    report placed outside the data scope of scope_region_id (None: unlimited).
     """
-    _require(actor, Permission.INCIDENTS_REPORT)
+    return intake_one(session=session, runtime=runtime, calendar=calendar, locator=locator,
+                      call=IntakeCall(
+                          actor=actor, channel=channel, category_code=category_code, lon=lon,
+                          lat=lat, address_text=address_text, address_id=address_id,
+                          description=description, title=title,
+                          idempotency_key=idempotency_key, client_ref=client_ref,
+                          external_ref=external_ref, reporter_phone=reporter_phone,
+                          reporter_name=reporter_name, attributes=attributes, urgency=urgency,
+                          received_at=received_at, auto_register=auto_register,
+                          auto_dispatch=auto_dispatch, source_ip=source_ip,
+                          fingerprint=fingerprint, check_scope=check_scope,
+                          scope_region_id=scope_region_id))
+
+
+def intake_one(*, session: Session, runtime: Runtime, calendar: WorkingCalendar,
+               locator: Locator | None, call: IntakeCall) -> IntakeResult:
+    """intake_many for a single report: its result, or its error raised."""
     try:
-        channel = Channel(channel)
-    except ValueError:
-        raise ValidationFailed("command.error.unknown_channel", channel=channel) from None
-    client = client_ref or actor.username
-    try:
-        with _atomic(session):
-            if idempotency_key:
-                existing = queries.find_by_idempotency_key(
-                    session=session, channel=channel, client_ref=client, key=idempotency_key)
-                if existing is not None:
-                    _same_request(existing, fingerprint)
-                    return IntakeResult(incident=existing, created=False)
-            place = _resolve_place(session, lon, lat, address_text, address_id)
-            return _intake(session, runtime, actor, channel, client, category_code, calendar,
-                           locator, place, description, title,
-                           idempotency_key, external_ref, reporter_phone, reporter_name,
-                           attributes, urgency, received_at, auto_register, auto_dispatch,
-                           source_ip, fingerprint)
+        outcome = intake_many(session=session, runtime=runtime, calendar=calendar,
+                              locator=locator, calls=[call])[0]
     except IntegrityError:
         # Two submissions with one key raced; the loser returns the winner's incident.
-        if not idempotency_key:
+        if not call.idempotency_key:
             raise
         existing = queries.find_by_idempotency_key(
-            session=session, channel=channel, client_ref=client, key=idempotency_key)
+            session=session, channel=_channel(call.channel), client_ref=call.client,
+            key=call.idempotency_key)
         session.commit()
         if existing is None:
             raise
-        _same_request(existing, fingerprint)
+        _same_request(existing, call.fingerprint)
         return IntakeResult(incident=existing, created=False)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def intake_many(*, session: Session, runtime: Runtime, calendar: WorkingCalendar,
+                locator: Locator | None,
+                calls: Sequence[IntakeCall]) -> list[IntakeResult | Exception]:
+    """Take in many reports in one transaction, each exactly as intake takes one.
+
+    Why a batch: every intake shares two rows, the day's number counter and the audit chain's
+    head, each locked from its write to COMMIT. One by one, intakes queue on those locks and pay
+    a commit (a disk flush) each. A batch takes both locks once, reads the idempotency keys,
+    the duplicate candidates and the on-duty people in one query each, and writes its
+    incidents, transitions, clocks, assignments and audit rows a statement per table.
+
+    The outcome of each report, in order: its IntakeResult, or the error that refused it (it
+    writes nothing; the others go on), or IntakeAlone. A database error rolls the whole batch
+    back and is raised; the caller can then take the reports one by one (intake_one).
+    """
+    outcomes: list[IntakeResult | Exception | None] = [None] * len(calls)
+    with _atomic(session):
+        now = runtime.clock.now()
+        channels: dict[int, Channel] = {}
+        for n, call in enumerate(calls):
+            try:
+                _require(call.actor, Permission.INCIDENTS_REPORT)
+                channels[n] = _channel(call.channel)
+            except GrassrootsError as exc:
+                outcomes[n] = exc
+        _answer_retries(session, calls, channels, outcomes)
+        checked: dict[int, _Checked] = {}
+        for n, channel in channels.items():
+            if outcomes[n] is None:
+                try:
+                    checked[n] = _check(session, calls[n], channel, locator, now)
+                except GrassrootsError as exc:
+                    outcomes[n] = exc
+        if checked:
+            made = _take_in(session, runtime, calendar, locator, list(checked.values()), now)
+            for n, result in zip(checked, made, strict=True):
+                outcomes[n] = result
+    return [outcome if outcome is not None else IntakeAlone() for outcome in outcomes]
+
+
+def _answer_retries(session: Session, calls: Sequence[IntakeCall], channels: Mapping[int, Channel],
+                    outcomes: list[IntakeResult | Exception | None]) -> None:
+    """A report whose idempotency key is on file gets that incident back (created=False)."""
+    keyed = {n: (channel, calls[n].client, calls[n].idempotency_key)
+             for n, channel in channels.items()
+             if outcomes[n] is None and calls[n].idempotency_key}
+    if not keyed:
+        return
+    found = queries.find_by_idempotency_keys(
+        session=session, keys=[cast(tuple[Channel, str, str], key) for key in keyed.values()])
+    first: set[tuple[Channel, str, str | None]] = set()
+    for n, key in keyed.items():
+        existing = found.get(cast(tuple[Channel, str, str], key))
+        if existing is not None:
+            try:
+                _same_request(existing, calls[n].fingerprint)
+                outcomes[n] = IntakeResult(incident=existing, created=False)
+            except ValidationFailed as exc:
+                outcomes[n] = exc
+        elif key in first:
+            outcomes[n] = IntakeAlone()
+        else:
+            first.add(key)
+
+
+def _check(session: Session, call: IntakeCall, channel: Channel, locator: Locator | None,
+           now: datetime) -> _Checked:
+    """Every check of one report, in the order its errors are reported; nothing is written."""
+    place = _resolve_place(session, call.lon, call.lat, call.address_text, call.address_id)
+    if call.check_scope:
+        _check_scope(session, call.scope_region_id, place, locator)
+    received = call.received_at or now
+    if received > now:
+        raise ValidationFailed("command.error.received_in_future")
+    category = category_by_code(session, call.category_code)
+    if category is None or not category.active:
+        raise ValidationFailed("command.error.unknown_category", code=call.category_code)
+    _check_location(place.lon, place.lat, place.address_text)
+    if len(call.description) > DESCRIPTION_MAX_CHARS:
+        raise ValidationFailed("command.error.description_too_long", limit=DESCRIPTION_MAX_CHARS)
+    title = (call.title or category.name_zh).strip()
+    if len(title) > TITLE_MAX_CHARS:
+        raise ValidationFailed("command.error.title_too_long", limit=TITLE_MAX_CHARS)
+    if call.urgency is not None and call.urgency not in FIRST_RESPONDERS_BY_URGENCY:
+        raise ValidationFailed("command.error.bad_urgency")
+    answers = validate_answers(attributes_of(category), call.attributes)
+    phone = normalize_phone(call.reporter_phone) if call.reporter_phone else None
+    return _Checked(call=call, channel=channel, category=category, place=place, title=title,
+                    urgency=call.urgency or category.urgency, answers=answers, phone=phone,
+                    received=received, regions=_regions(locator, place.lon, place.lat))
+
+
+@dataclass(frozen=True)
+class _Scoped:
+    scope_region_id: int | None
+
+
+def _check_scope(session: Session, scope_region_id: int | None, place: _Place,
+                 locator: Locator | None) -> None:
+    """A point in a region outside the scope is refused; one outside every region is the
+    centre's, and allowed."""
+    if place.lon is None or place.lat is None or locator is None or scope_region_id is None:
+        return
+    found = locator(place.lon, place.lat)
+    # The cached LocateIndex behind the locator (its tree version checked in this transaction)
+    # knows every region's path, the scope region's included.
+    index = getattr(locator, "__self__", None)
+    known = index.refs if isinstance(index, LocateIndex) else None
+    if found and not path_in_scope(scope_path(session, _Scoped(scope_region_id), known),
+                                   found[0].path):
+        raise ValidationFailed("command.error.location_outside_scope")
+
+
+def _take_in(session: Session, runtime: Runtime, calendar: WorkingCalendar,
+             locator: Locator | None, batch: list[_Checked],
+             now: datetime) -> list[IntakeResult]:
+    """Write the checked reports: the rows of each as _first_steps leaves them, then numbers."""
+    incidents: list[Incident] = []
+    duplicates: list[list[Incident]] = []
+    for report, on_file in zip(batch, queries.duplicate_candidates_many(
+            session=session, probes=[report.probe for report in batch]), strict=True):
+        found = _with_earlier(report.probe, on_file, incidents)
+        duplicates.append(found)
+        incidents.append(_new_incident(runtime, report, bool(found)))
+    sent, names = _claim_for(session, batch, incidents, now)
+    freshes: list[_Fresh] = []
+    with session.no_autoflush:
+        for report, incident, people in zip(batch, incidents, sent, strict=True):
+            freshes.append(_first_steps(session, runtime, report, incident, calendar, people))
+    _insert_new(session, incidents, freshes)
+    _number_incidents(session, incidents)
+    results = []
+    for report, incident, fresh, found, people in zip(batch, incidents, freshes, duplicates,
+                                                       sent, strict=True):
+        _audit_new(session, runtime, report, incident, fresh, found)
+        user_ids = [user_id for user_id, _ in people]
+        results.append(IntakeResult(
+            incident=incident, created=True, duplicate_candidates=found,
+            assigned_user_ids=user_ids, category=report.category,
+            assignments=sorted(fresh.assignments, key=lambda a: a.id),
+            deadlines=sorted(fresh.deadlines, key=lambda d: d.id),
+            assigned_names={u: names[u] for u in user_ids if names.get(u) is not None},
+            reporter_phone=report.phone, reporter_name=report.call.reporter_name or None,
+            region_names=_region_names(locator, incident)))
+    return results
+
+
+def _region_names(locator: Locator | None, incident: Incident) -> dict[int, str] | None:
+    """The names of the incident's regions from the locator's index, None if it lacks one."""
+    index = getattr(locator, "__self__", None)
+    if not isinstance(index, LocateIndex):
+        return None
+    ids = {incident.zone_id, incident.grid_id, incident.micro_grid_id} - {None}
+    names = {rid: index.refs[rid].name for rid in ids if rid in index.refs}
+    return names if len(names) == len(ids) else None
+
+
+def _with_earlier(probe: queries.DuplicateProbe, on_file: list[Incident],
+                  earlier: list[Incident]) -> list[Incident]:
+    """The candidates on file plus the batch's earlier reports that match, nearest first.
+
+    One by one, each of those would have been on file already.
+    """
+    near = [(distance, k, incident) for k, incident in enumerate(earlier)
+            if (distance := probe.matches(incident)) is not None]
+    if not near:
+        return on_file
+    # Ties by age, as by id on file: what is on file came before the batch.
+    ranked = [(probe.matches(incident) or 0.0, 0, incident.id, incident) for incident in on_file]
+    ranked += [(distance, 1, k, incident) for distance, k, incident in near]
+    return [incident for *_, incident in sorted(ranked, key=lambda t: t[:3])]
+
+
+def _new_incident(runtime: Runtime, report: _Checked, has_duplicates: bool) -> Incident:
+    call, category, place, crypto = report.call, report.category, report.place, runtime.crypto
+    phone = report.phone
+    return Incident(
+        number=_provisional_number(), category_id=category.id, channel=report.channel,
+        client_ref=call.client, external_ref=call.external_ref,
+        idempotency_key=call.idempotency_key, title=report.title, description=call.description,
+        lon=place.lon, lat=place.lat, address_text=place.address_text,
+        std_address_id=place.std_address_id, urgency=report.urgency,
+        state=IncidentState.RECEIVED, tier=UNIT_TIER[category.unit_type],
+        attributes=json.dumps(report.answers, ensure_ascii=False, sort_keys=True),
+        reporter_phone_enc=crypto.encrypt(phone, context=queries.PHONE_CONTEXT) if phone else None,
+        reporter_phone_index=crypto.blind_index(phone, context=queries.PHONE_CONTEXT)
+        if phone else None,
+        reporter_name_enc=crypto.encrypt(call.reporter_name, context=queries.NAME_CONTEXT)
+        if call.reporter_name else None,
+        needs_duplicate_review=has_duplicates, created_by=call.actor.username,
+        received_at=report.received, version=1, request_fingerprint=call.fingerprint or None,
+        **report.regions)
+
+
+_People = list[tuple[int, float | None]]
+_CLAIM_ROUNDS = 4
+
+
+def _claim_for(session: Session, batch: list[_Checked], incidents: list[Incident],
+               now: datetime) -> tuple[list[_People], dict[int, str]]:
+    """The nearest available on-duty people of the right unit for each report, claimed.
+
+    In batch order each report picks its nearest not yet picked; all picks are claimed by one
+    compare-and-set. A pick another transaction claimed first is dropped and that report picks
+    again, a few rounds at most. No one found leaves the incident registered for a person to
+    dispatch. Returns each report's (user id, distance) list and the display names.
+    """
+    wanted = {n: FIRST_RESPONDERS_BY_URGENCY[incident.urgency]
+              for n, (report, incident) in enumerate(zip(batch, incidents, strict=True))
+              if report.dispatches and incident.zone_id is not None}
+    rosters: dict[tuple[int, str], list[queries.OnDuty]] = {}
+    sent: list[_People] = [[] for _ in batch]
+    names: dict[int, str] = {}
+    picked: set[int] = set()
+    todo = sorted(wanted)
+    for _ in range(_CLAIM_ROUNDS):
+        picks: dict[int, tuple[int, queries.Candidate]] = {}
+        for n in todo:
+            incident, unit = incidents[n], batch[n].category.unit_type
+            assert incident.zone_id is not None
+            roster = rosters.get((incident.zone_id, unit))
+            if roster is None:
+                roster = rosters[(incident.zone_id, unit)] = queries.on_duty_rows(
+                    session=session, zone_id=incident.zone_id, unit_type=unit, at=now)
+            need = wanted[n] - len(sent[n])
+            for candidate in queries.rank_on_duty(roster, at=now, lon=incident.lon,
+                                                  lat=incident.lat):
+                if need == 0 or candidate.state != ResponderState.AVAILABLE:
+                    break  # the list puts available people first
+                if candidate.user_id not in picked:
+                    picked.add(candidate.user_id)
+                    picks[candidate.user_id] = (n, candidate)
+                    need -= 1
+        if not picks:
+            break
+        won = _claim_all(session, [c for _, c in picks.values()], now)
+        retry = set()
+        for user_id, (n, candidate) in picks.items():
+            if user_id in won:
+                sent[n].append((user_id, candidate.distance_m))
+                if candidate.display_name is not None:
+                    names[user_id] = candidate.display_name
+            else:
+                retry.add(n)
+        todo = sorted(retry)
+        if not todo:
+            break
+    return sent, names
+
+
+@functools.cache
+def _claim_all_statement(skip_locked: bool) -> Update:
+    """_claim's compare-and-set for many people at once, built once."""
+    match = [ResponderStatus.user_id.in_(bindparam("claimed", expanding=True)),
+             ResponderStatus.state == ResponderState.AVAILABLE]
+    if skip_locked:
+        match = [ResponderStatus.user_id.in_(select(ResponderStatus.user_id).where(*match)
+                                             .with_for_update(skip_locked=True))]
+    return update(ResponderStatus).where(*match).values(
+        state=ResponderState.BUSY, updated_at=bindparam("now")).returning(ResponderStatus.user_id)
+
+
+def _claim_all(session: Session, candidates: Sequence[queries.Candidate],
+               now: datetime) -> set[int]:
+    """Mark available people busy by compare-and-set (as _claim, skipping rows another
+    transaction holds); those with no status row yet get one. The ids claimed."""
+    skip = session.get_bind().dialect.name == "postgresql"
+    won = set(session.scalars(_claim_all_statement(skip),
+                              {"claimed": [c.user_id for c in candidates], "now": now},
+                              execution_options={"synchronize_session": False}))
+    new = [c.user_id for c in candidates if not c.has_status and c.user_id not in won]
+    if new:
+        won.update(session.scalars(
+            _insert(session)(ResponderStatus)
+            .values([{"user_id": user_id, "state": ResponderState.BUSY, "updated_at": now}
+                     for user_id in new])
+            .on_conflict_do_nothing(index_elements=[ResponderStatus.user_id])
+            .returning(ResponderStatus.user_id)))
+    return won
+
+
+def _first_steps(session: Session, runtime: Runtime, report: _Checked, incident: Incident,
+                 calendar: WorkingCalendar, people: _People) -> _Fresh:
+    """Receive, register and dispatch the new incident in memory (see _Fresh), before its row
+    exists: the INSERT then writes it as the steps leave it, with no UPDATE after. The rows the
+    steps add get the incident's id in _insert_new."""
+    call, now = report.call, runtime.clock.now()
+    fresh = _Fresh()
+    fresh.transitions.append(dict(
+        incident_id=None, from_state=None, to_state=IncidentState.RECEIVED, action="receive",
+        reason=None, actor=call.actor.username, actor_id=call.actor.id, at=now,
+        detail=json.dumps({"channel": report.channel.value}, sort_keys=True)))
+    fresh.deadlines.append(new_deadline(
+        session, incident_id=incident.id, kind=DeadlineKind.DISPATCH, start=report.received,
+        due=report.received + CALL_PROCESSING_LIMIT))
+    if call.auto_register:
+        _step(session, runtime, AUTO_DISPATCH, incident, Action.REGISTER,
+              source_ip=call.source_ip, fresh=fresh)
+        _start_tier_clock(session, incident, report.category, calendar, now, fresh=fresh)
+    if people:
+        _send(session, runtime, AUTO_DISPATCH, incident, report.category, calendar, people,
+              source_ip=call.source_ip, fresh=fresh)
+    return fresh
+
+
+def _insert_new(session: Session, incidents: list[Incident], freshes: list[_Fresh]) -> None:
+    """The incidents in one INSERT, then their transitions, clocks and assignments, a statement
+    per table."""
+    if session.get_bind().dialect.name == "postgresql":
+        _reserve_ids(session, incidents, [d for f in freshes for d in f.deadlines],
+                     [a for f in freshes for a in f.assignments])
+    session.add_all(incidents)
+    session.flush(incidents)
+    transitions = []
+    for incident, fresh in zip(incidents, freshes, strict=True):
+        for deadline in fresh.deadlines:
+            deadline.incident_id = incident.id
+        for assignment in fresh.assignments:
+            assignment.incident_id = incident.id
+        for transition in fresh.transitions:
+            transition["incident_id"] = incident.id
+            transitions.append(transition)
+    session.execute(_INSERT_TRANSITIONS, transitions)
+    session.flush()
+
+
+# PostgreSQL: the next ids of the three sequences, in one round trip.
+_RESERVE_IDS = text(", ".join(
+    f"(SELECT array_agg(nextval(pg_get_serial_sequence('{table}', 'id'))) "
+    f"FROM generate_series(1, :{table}))" for table in (
+        Incident.__tablename__, Deadline.__tablename__, Assignment.__tablename__)).join(
+    ("SELECT ", "")))
+
+
+def _reserve_ids(session: Session, incidents: list[Incident], deadlines: list[Deadline],
+                 assignments: list[Assignment]) -> None:
+    """Give the new rows their ids from the sequences before they are written.
+
+    Why: rows whose ids the ORM must read back go in as one INSERT … VALUES (…), (…) …
+    RETURNING, a statement as long as the batch, which psycopg parses anew each time (it
+    caches only short ones) and which costs more CPU than everything else in the batch. Rows
+    with their ids set go in as one short INSERT run for each row in a single pipeline.
+    """
+    row = session.execute(_RESERVE_IDS, {
+        Incident.__tablename__: len(incidents), Deadline.__tablename__: len(deadlines),
+        Assignment.__tablename__: len(assignments)}).one()
+    _set_ids(incidents, row[0])
+    _set_ids(deadlines, row[1])
+    _set_ids(assignments, row[2])
+
+
+def _set_ids(objects: Sequence[Any], ids: list[int] | None) -> None:
+    for obj, new_id in zip(objects, ids or [], strict=True):
+        obj.id = new_id
+
+
+def _audit_new(session: Session, runtime: Runtime, report: _Checked, incident: Incident,
+               fresh: _Fresh, duplicates: list[Incident]) -> None:
+    """The new incident's audit rows, now that it (and any duplicate in its batch) has its
+    number: its creation, then its steps'."""
+    call = report.call
+    _audit(session, runtime, call.actor, "incident:create", "incident", incident.id,
+           call.source_ip, {"number": incident.number, "channel": report.channel.value,
+                            "category": report.category.code, "zone_id": incident.zone_id,
+                            "duplicate_candidates": [d.number for d in duplicates]})
+    for actor, action, detail in fresh.audits:
+        _audit(session, runtime, actor, action, "incident", incident.id, call.source_ip,
+               {"number": incident.number, **detail})
 
 
 def request_fingerprint(payload: Mapping[str, Any]) -> str:
@@ -707,113 +1168,11 @@ def _same_request(existing: Incident, fingerprint: str | None) -> None:
         raise ValidationFailed("command.error.idempotency_key_reused", number=existing.number)
 
 
-def _intake(session: Session, runtime: Runtime, actor: Actor, channel: Channel, client: str,
-            category_code: str, calendar: WorkingCalendar, locator: Locator | None,
-            place: _Place, description: str,
-            title: str | None, idempotency_key: str | None, external_ref: str | None,
-            reporter_phone: str | None, reporter_name: str | None,
-            attributes: Mapping[str, Any] | None, urgency: int | None,
-            received_at: datetime | None, auto_register: bool, auto_dispatch: bool,
-            source_ip: str | None, fingerprint: str | None) -> IntakeResult:
-    now = runtime.clock.now()
-    received = received_at or now
-    if received > now:
-        raise ValidationFailed("command.error.received_in_future")
-    category = category_by_code(session, category_code)
-    if category is None or not category.active:
-        raise ValidationFailed("command.error.unknown_category", code=category_code)
-    lon, lat, address_text = place.lon, place.lat, place.address_text
-    _check_location(lon, lat, address_text)
-    if len(description) > DESCRIPTION_MAX_CHARS:
-        raise ValidationFailed("command.error.description_too_long", limit=DESCRIPTION_MAX_CHARS)
-    title = (title or category.name_zh).strip()
-    if len(title) > TITLE_MAX_CHARS:
-        raise ValidationFailed("command.error.title_too_long", limit=TITLE_MAX_CHARS)
-    if urgency is not None and urgency not in FIRST_RESPONDERS_BY_URGENCY:
-        raise ValidationFailed("command.error.bad_urgency")
-    answers = validate_answers(attributes_of(category), attributes)
-    phone = normalize_phone(reporter_phone) if reporter_phone else None
-    duplicates = queries.duplicate_candidates(session=session, category=category, lon=lon,
-                                              lat=lat, at=received)
-    crypto = runtime.crypto
-    incident = Incident(
-        number=_provisional_number(), category_id=category.id, channel=channel,
-        client_ref=client, external_ref=external_ref, idempotency_key=idempotency_key,
-        title=title, description=description, lon=lon, lat=lat, address_text=address_text,
-        std_address_id=place.std_address_id, urgency=urgency or category.urgency,
-        state=IncidentState.RECEIVED,
-        tier=UNIT_TIER[category.unit_type],
-        attributes=json.dumps(answers, ensure_ascii=False, sort_keys=True),
-        reporter_phone_enc=crypto.encrypt(phone, context=queries.PHONE_CONTEXT) if phone else None,
-        reporter_phone_index=crypto.blind_index(phone, context=queries.PHONE_CONTEXT)
-        if phone else None,
-        reporter_name_enc=crypto.encrypt(reporter_name, context=queries.NAME_CONTEXT)
-        if reporter_name else None,
-        needs_duplicate_review=bool(duplicates), created_by=actor.username,
-        received_at=received, version=1, request_fingerprint=fingerprint or None,
-        **_regions(locator, lon, lat))
-    people: list[tuple[int, float | None]] = []
-    names: dict[int, str] = {}
-    if auto_register and auto_dispatch:
-        # The nearest available on-duty people of the right unit; none found → the incident
-        # stays registered for a person to dispatch.
-        people = _claim_nearest(session, incident, category.unit_type,
-                                FIRST_RESPONDERS_BY_URGENCY[incident.urgency],
-                                runtime.clock.now(), skip_locked=True, names=names)
-    # Every step runs on the object before its row exists, so the INSERT writes the incident
-    # as the steps leave it (no UPDATE after). The rows they add need its id: they are made
-    # with none and get it right after the incident's INSERT, before they are flushed.
-    before = set(session.new)
-    fresh = _Fresh()
-    with session.no_autoflush:
-        fresh.transitions.append(dict(
-            incident_id=incident.id, from_state=None, to_state=IncidentState.RECEIVED,
-            action="receive", reason=None, actor=actor.username, actor_id=actor.id, at=now,
-            detail=json.dumps({"channel": channel.value}, sort_keys=True)))
-        fresh.audits.append((actor, "incident:create", {
-            "channel": channel.value, "category": category.code, "zone_id": incident.zone_id,
-            "duplicate_candidates": [d.number for d in duplicates]}))
-        fresh.deadlines.append(new_deadline(
-            session, incident_id=incident.id, kind=DeadlineKind.DISPATCH, start=received,
-            due=received + CALL_PROCESSING_LIMIT))
-        if auto_register:
-            _step(session, runtime, AUTO_DISPATCH, incident, Action.REGISTER,
-                  source_ip=source_ip, fresh=fresh)
-            _start_tier_clock(session, incident, category, calendar, now, fresh=fresh)
-        if people:
-            _send(session, runtime, AUTO_DISPATCH, incident, category, calendar, people,
-                  source_ip=source_ip, fresh=fresh)
-        children = [o for o in session.new if o not in before]
-        session.add(incident)
-        session.flush([incident])
-        for child in children:
-            child.incident_id = incident.id
-    for transition in fresh.transitions:
-        transition["incident_id"] = incident.id
-    session.execute(_INSERT_TRANSITIONS, fresh.transitions)
-    session.flush()
-    # Only now the day's public number: its counter row is the one lock every intake shares,
-    # held from here to COMMIT, so everything else is written already. Until then the row
-    # carries a unique placeholder that no other transaction can see. The audit rows, which
-    # name the number, are recorded here too (in the order of the steps) and written at COMMIT.
-    _number_incident(session, incident, received)
-    for audit_actor, audit_action, audit_detail in fresh.audits:
-        _audit(session, runtime, audit_actor, audit_action, "incident", incident.id, source_ip,
-               {"number": incident.number, **audit_detail})
-    assignments = sorted((o for o in children if isinstance(o, Assignment)), key=lambda a: a.id)
-    return IntakeResult(incident=incident, created=True, duplicate_candidates=duplicates,
-                        assigned_user_ids=[user_id for user_id, _ in people], category=category,
-                        assignments=assignments,
-                        deadlines=sorted(fresh.deadlines, key=lambda d: d.id),
-                        assigned_names=names, reporter_phone=phone,
-                        reporter_name=reporter_name or None)
-
-
 _INSERT_TRANSITIONS = insert(cast(Table, IncidentTransition.__table__))
 
 
 def _provisional_number() -> str:
-    # Unique, never committed: _intake replaces it with the day's number before COMMIT.
+    # Unique, never committed: _number_incidents replaces it with the day's number before COMMIT.
     return "~" + secrets.token_hex(15)
 
 
@@ -853,10 +1212,13 @@ def _send(session: Session, runtime: Runtime, actor: Actor, incident: Incident,
           expected_version=expected_version, keep_busy=user_ids, source_ip=source_ip,
           detail={"sent_to": user_ids, "unit_type": category.unit_type.value}, fresh=fresh)
     for user_id, distance in people:
-        session.add(Assignment(
+        assignment = Assignment(
             incident_id=incident.id, user_id=user_id, role=ResponseRole.FIRST_RESPONDER,
             unit_type=category.unit_type, distance_m=distance, assigned_by=actor.username,
-            assigned_at=now))
+            assigned_at=now)
+        session.add(assignment)
+        if fresh is not None:
+            fresh.assignments.append(assignment)
     if category.on_scene_required:
         on_scene = new_deadline(session, incident_id=incident.id,
                                  kind=DeadlineKind.FIRST_ON_SCENE, start=now,
@@ -1654,21 +2016,25 @@ CENTRE_CHANNELS = frozenset({Channel.PHONE, Channel.POLICE_110})
 
 
 def enter_incident(*, session: Session, runtime: Runtime, actor: User, channel: Channel | str,
-                   category_code: str, calendar: WorkingCalendar, locator: Locator | None,
+                   category_code: str, calendar: WorkingCalendar | None,
+                   locator: Locator | None,
                    lon: float | None = None, lat: float | None = None,
                    address_text: str | None = None, address_id: str | None = None,
                    description: str = "",
                    reporter_phone: str | None = None, reporter_name: str | None = None,
                    attributes: Mapping[str, Any] | None = None, urgency: int | None = None,
                    idempotency_key: str | None = None, police_ref: str | None = None,
-                   fingerprint: str | None = None,
-                   source_ip: str | None = None) -> IntakeResult:
+                   fingerprint: str | None = None, source_ip: str | None = None,
+                   submit: Callable[[IntakeCall], IntakeResult] | None = None) -> IntakeResult:
     """A report typed in by a person (phone call, 110 hand-over) or sent by an API client.
 
     Phone calls and 110 hand-overs are the centre's to record. A point located in a region
     outside the person's data scope is refused, since they could not follow it up (a point
     outside every region is the centre's, and allowed). A 110 hand-over is keyed by its
     reference number (receive_from_police); everything else by the caller's idempotency key.
+    `submit` hands the report to a batching writer (command.intake_writer) instead of taking
+    it in this session; 110 hand-overs are always taken here. With no calendar, the calendar
+    and the locator are read here (intake_context) when they are needed.
     """
     try:
         chosen = Channel(channel)
@@ -1679,21 +2045,18 @@ def enter_incident(*, session: Session, runtime: Runtime, actor: User, channel: 
     who = cast(Actor, actor)  # a User is an Actor; mypy cannot read Mapped[] columns as values
     if chosen in CENTRE_CHANNELS:
         _require(who, Permission.INCIDENTS_DISPATCH)
-    # Where an address or a plate puts it counts for the scope as much as a given point.
-    point = _resolve_place(session, lon, lat, address_text, address_id)
-    if point.lon is not None and point.lat is not None and locator is not None:
-        found = locator(point.lon, point.lat)
-        # The cached LocateIndex behind the locator (its tree version was checked in this
-        # request) knows every region's path, the user's scope region's included.
-        index = getattr(locator, "__self__", None)
-        known = index.refs if isinstance(index, LocateIndex) else None
-        if found and not path_in_scope(scope_path(session, actor, known), found[0].path):
-            raise ValidationFailed("command.error.location_outside_scope")
     fields: dict[str, Any] = {
         "lon": lon, "lat": lat, "address_text": address_text or None, "address_id": address_id,
         "description": description, "reporter_phone": reporter_phone or None,
         "reporter_name": reporter_name or None, "attributes": attributes, "urgency": urgency,
-        "source_ip": source_ip}
+        "source_ip": source_ip, "check_scope": True, "scope_region_id": actor.scope_region_id}
+    if submit is not None and chosen != Channel.POLICE_110:
+        return submit(IntakeCall(actor=PersonActor.of(who), channel=chosen,
+                                 category_code=category_code,
+                                 idempotency_key=idempotency_key or None,
+                                 fingerprint=fingerprint, **fields))
+    if calendar is None:
+        calendar, locator = intake_context(session)
     if chosen == Channel.POLICE_110:
         return receive_from_police(session=session, runtime=runtime, actor=who,
                                    police_ref=police_ref or "", category_code=category_code,

@@ -7,13 +7,14 @@ back as {"error": {"code", "message"}} in the request's language (the app's erro
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sqlalchemy.orm import Session
 
 from grassroots.command import actions, queries
-from grassroots.command.context import current_calendar, intake_context
+from grassroots.command.context import current_calendar
+from grassroots.command.intake_writer import IntakeWriter
 from grassroots.command.models import Incident, IncidentCategory
 from grassroots.command.police import FakePoliceDesk, PoliceDesk
 from grassroots.command.request_deps import (
@@ -37,10 +38,9 @@ from grassroots.command.schemas import (
     TransitionOut,
     to_wgs84,
 )
-from grassroots.command.states import IncidentState, Locator, ResponderState
+from grassroots.command.states import IncidentState, ResponderState
 from grassroots.kernel.auth.models import User
 from grassroots.kernel.auth.roles import Permission
-from grassroots.kernel.regions.locate import LocateIndex
 from grassroots.runtime import Runtime
 
 router = APIRouter(prefix="/api/v1", tags=["incidents"])
@@ -65,6 +65,17 @@ def get_police_desk(request: Request) -> PoliceDesk:
 PoliceDeskDep = Annotated[PoliceDesk, Depends(get_police_desk)]
 
 
+async def get_intake_writer(request: Request) -> IntakeWriter:
+    """The app's group-commit writer (see command.intake_writer)."""
+    writer = getattr(request.app.state, "intake_writer", None)
+    if writer is None:
+        raise RuntimeError("create_app installs the intake writer")
+    return cast(IntakeWriter, writer)
+
+
+IntakeWriterDep = Annotated[IntakeWriter, Depends(get_intake_writer)]
+
+
 def incident_out(session: Session, runtime: Runtime, incident_id: int, user: User,
                  language: str) -> IncidentOut:
     incident = queries.incident_for(session=session, user=user, incident_id=incident_id)
@@ -78,17 +89,15 @@ def _out(session: Session, runtime: Runtime, incident: Incident, language: str,
     return IncidentOut.of(view, language)
 
 
-def _fresh_view(session: Session, runtime: Runtime, result: actions.IntakeResult,
-                locator: Locator) -> queries.IncidentView:
+def _fresh_view(session: Session, runtime: Runtime,
+                result: actions.IntakeResult) -> queries.IncidentView:
     """The view of an incident this request created, from the intake's result."""
     incident = result.incident
     assert result.category is not None
-    index = getattr(locator, "__self__", None)  # the cached LocateIndex names its regions
-    refs = index.refs if isinstance(index, LocateIndex) else {}
-    ids = {incident.zone_id, incident.grid_id, incident.micro_grid_id} - {None}
-    regions = {rid: refs[rid].name for rid in ids if rid in refs}
-    if len(regions) < len(ids):  # not located by this index: read the names
-        regions = queries.region_names(session, ids)
+    regions = result.region_names
+    if regions is None:  # not located by the cached index: read the names
+        regions = queries.region_names(
+            session, {incident.zone_id, incident.grid_id, incident.micro_grid_id} - {None})
     return queries.build_incident_view(
         incident=incident, category=result.category, now=runtime.clock.now(),
         region_names=regions, reporter_phone=result.reporter_phone,
@@ -107,6 +116,7 @@ def create_incident(
     runtime: RuntimeDep,
     language: LanguageDep,
     ip: ClientIp,
+    writer: IntakeWriterDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key",
                                                   max_length=IDEMPOTENCY_KEY_MAX)] = None,
 ) -> IncidentCreated:
@@ -116,16 +126,18 @@ def create_incident(
     with 200 instead of 201; the same key with a different body is refused with 422.
     """
     lon, lat = to_wgs84(body.lon, body.lat, body.crs)
-    calendar, locator = intake_context(session)
+    # End the read-only transaction the sign-in check left open: its connection goes back to
+    # the pool while the report waits for its batch (the writer needs one to write it).
+    session.commit()
     result = actions.enter_incident(
         session=session, runtime=runtime, actor=user, channel=body.channel,
-        category_code=body.category_code, calendar=calendar,
-        locator=locator, lon=lon, lat=lat, address_text=body.address_text,
-        address_id=body.address_id,
+        category_code=body.category_code, calendar=None, locator=None, lon=lon, lat=lat,
+        address_text=body.address_text, address_id=body.address_id,
         description=body.description, reporter_phone=body.reporter_phone,
         reporter_name=body.reporter_name, attributes=body.attributes, urgency=body.urgency,
         idempotency_key=idempotency_key, police_ref=body.police_ref,
-        fingerprint=actions.request_fingerprint(body.model_dump(mode="json")), source_ip=ip)
+        fingerprint=actions.request_fingerprint(body.model_dump(mode="json")), source_ip=ip,
+        submit=writer.submit)
     if not result.created:
         response.status_code = 200
     if result.created and result.incident.created_by == user.username \
@@ -133,7 +145,7 @@ def create_incident(
         # The incident this request just wrote and committed is known as it stands, with its
         # assignments and clocks, and incident_scope lets everyone see what they reported: the
         # answer is built from what the intake knows, with no re-read and no scope lookup.
-        out = IncidentOut.of(_fresh_view(session, runtime, result, locator), language)
+        out = IncidentOut.of(_fresh_view(session, runtime, result), language)
     else:
         out = incident_out(session, runtime, result.incident.id, user, language)
     return IncidentCreated(**out.model_dump(), created=result.created,

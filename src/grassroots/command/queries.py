@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, bindparam, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from grassroots.command.models import (
@@ -33,6 +33,7 @@ from grassroots.command.states import (
     POSITION_STALE_AFTER,
     TRANSITIONS,
     Action,
+    Channel,
     DeadlineKind,
     DeadlineLevel,
     DeadlineState,
@@ -73,6 +74,33 @@ def find_by_idempotency_key(*, session: Session, channel: str, client_ref: str,
                             key: str) -> Incident | None:
     return session.scalars(_by_idempotency_key(), {
         "channel": channel, "client_ref": client_ref, "key": key}).first()
+
+
+def find_by_idempotency_keys(*, session: Session, keys: Collection[tuple[Channel, str, str]]
+                             ) -> dict[tuple[Channel, str, str], Incident]:
+    """find_by_idempotency_key for many (channel, client, key) at once: a query per client."""
+    by_client: dict[tuple[Channel, str], list[str]] = {}
+    for channel, client, key in keys:
+        by_client.setdefault((channel, client), []).append(key)
+    found: dict[tuple[Channel, str, str], Incident] = {}
+    for (channel, client), wanted in by_client.items():
+        if len(wanted) == 1:
+            rows = [find_by_idempotency_key(session=session, channel=channel, client_ref=client,
+                                            key=wanted[0])]
+        else:
+            rows = list(session.scalars(_by_idempotency_keys(), {
+                "channel": channel, "client_ref": client, "keys": wanted}))
+        for row in rows:
+            if row is not None and row.idempotency_key is not None:
+                found[(channel, client, row.idempotency_key)] = row
+    return found
+
+
+@functools.cache
+def _by_idempotency_keys() -> Select[tuple[Incident]]:
+    return select(Incident).where(
+        Incident.channel == bindparam("channel"), Incident.client_ref == bindparam("client_ref"),
+        Incident.idempotency_key.in_(bindparam("keys", expanding=True)))
 
 
 # The intake path's statements are built once with bind parameters: building a statement and
@@ -183,36 +211,77 @@ def duplicate_candidates(*, session: Session, category: IncidentCategory, lon: f
 
     The bounding box keeps the scan small; the haversine distance decides.
     """
-    radius, window = category.duplicate_radius_m, category.duplicate_window_min
-    if lon is None or lat is None or radius <= 0 or window <= 0:
-        return []
-    dlat = radius / _METRES_PER_DEGREE
-    dlon = dlat / max(0.01, math.cos(math.radians(lat)))
-    stmt = _duplicates()
-    params: dict[str, Any] = {
-        "category_id": category.id, "since": at - timedelta(minutes=window), "until": at,
-        "lon_lo": lon - dlon, "lon_hi": lon + dlon, "lat_lo": lat - dlat, "lat_hi": lat + dlat}
-    if exclude_id is not None:
-        stmt = stmt.where(Incident.id != exclude_id)
-    found = []
-    for incident in session.scalars(stmt, params):
-        assert incident.lon is not None and incident.lat is not None
-        distance = haversine_m(lon, lat, incident.lon, incident.lat)
-        if distance <= radius:
-            found.append((distance, incident.id, incident))
-    return [incident for _, _, incident in sorted(found, key=lambda t: (t[0], t[1]))]
+    return duplicate_candidates_many(session=session, probes=[DuplicateProbe(
+        category, lon, lat, at, exclude_id)])[0]
+
+
+@dataclass(frozen=True)
+class DuplicateProbe:
+    """A report to look for duplicates of: its category, point and time."""
+
+    category: IncidentCategory
+    lon: float | None
+    lat: float | None
+    at: datetime
+    exclude_id: int | None = None
+
+    @functools.cached_property
+    def box(self) -> tuple[datetime, float, float, float, float] | None:
+        """(since, lon_lo, lon_hi, lat_lo, lat_hi) to scan, or None when nothing can match."""
+        radius, window = self.category.duplicate_radius_m, self.category.duplicate_window_min
+        if self.lon is None or self.lat is None or radius <= 0 or window <= 0:
+            return None
+        dlat = radius / _METRES_PER_DEGREE
+        dlon = dlat / max(0.01, math.cos(math.radians(self.lat)))
+        return (self.at - timedelta(minutes=window), self.lon - dlon, self.lon + dlon,
+                self.lat - dlat, self.lat + dlat)
+
+    def matches(self, incident: Incident) -> float | None:
+        """The distance to `incident` if it is a candidate for this probe, else None."""
+        box = self.box
+        if (box is None or incident.category_id != self.category.id
+                or (self.exclude_id is not None and incident.id == self.exclude_id)
+                or incident.lon is None or incident.lat is None
+                or not box[0] <= incident.received_at <= self.at):
+            return None
+        assert self.lon is not None and self.lat is not None
+        distance = haversine_m(self.lon, self.lat, incident.lon, incident.lat)
+        return distance if distance <= self.category.duplicate_radius_m else None
+
+
+def duplicate_candidates_many(*, session: Session,
+                              probes: Sequence[DuplicateProbe]) -> list[list[Incident]]:
+    """duplicate_candidates for each probe, in one query (each probe's box is one arm of an OR,
+    so each arm is an index range scan on category and time); nearest first."""
+    boxes = [(probe, probe.box) for probe in probes]
+    arms = [(probe, box) for probe, box in boxes if box is not None]
+    if not arms:
+        return [[] for _ in probes]
+    params: dict[str, Any] = {}
+    for n, (probe, box) in enumerate(arms):
+        since, lon_lo, lon_hi, lat_lo, lat_hi = box
+        params.update({f"c{n}": probe.category.id, f"s{n}": since, f"u{n}": probe.at,
+                       f"x0{n}": lon_lo, f"x1{n}": lon_hi, f"y0{n}": lat_lo, f"y1{n}": lat_hi})
+    rows = list(session.scalars(_duplicates(len(arms)), params))
+    found: list[list[Incident]] = []
+    for probe in probes:
+        near = [(distance, row.id, row) for row in rows
+                if (distance := probe.matches(row)) is not None]
+        found.append([row for _, _, row in sorted(near, key=lambda t: (t[0], t[1]))])
+    return found
 
 
 @functools.cache
-def _duplicates() -> Select[tuple[Incident]]:
+def _duplicates(arms: int) -> Select[tuple[Incident]]:
+    """Open incidents in any of `arms` boxes (c: category, s–u: time, x: lon, y: lat)."""
     return select(Incident).where(
-        Incident.category_id == bindparam("category_id"),
-        Incident.received_at >= bindparam("since"),
-        Incident.received_at <= bindparam("until"),
         Incident.state.not_in([IncidentState.CLOSED, IncidentState.VOIDED]),
-        Incident.lon.between(bindparam("lon_lo"), bindparam("lon_hi")),
-        Incident.lat.between(bindparam("lat_lo"), bindparam("lat_hi")),
-    )
+        or_(*(and_(Incident.category_id == bindparam(f"c{n}"),
+                   Incident.received_at >= bindparam(f"s{n}"),
+                   Incident.received_at <= bindparam(f"u{n}"),
+                   Incident.lon.between(bindparam(f"x0{n}"), bindparam(f"x1{n}")),
+                   Incident.lat.between(bindparam(f"y0{n}"), bindparam(f"y1{n}")))
+              for n in range(arms))))
 
 
 @dataclass(frozen=True)
@@ -244,20 +313,51 @@ def on_duty(*, session: Session, zone_id: int, unit_type: UnitType | str, at: da
     A responder with no status yet counts as available with no known position; a position
     older than POSITION_STALE_AFTER counts as unknown.
     """
+    return rank_on_duty(on_duty_rows(session=session, zone_id=zone_id, unit_type=unit_type,
+                                     at=at), at=at, lon=lon, lat=lat)
+
+
+@dataclass(frozen=True)
+class OnDuty:
+    """Someone on a shift, as read: their status row's state and last position, if any."""
+
+    user_id: int
+    display_name: str | None
+    state: ResponderState
+    has_status: bool
+    lon: float | None = None
+    lat: float | None = None
+    position_at: datetime | None = None
+
+
+def on_duty_rows(*, session: Session, zone_id: int, unit_type: UnitType | str,
+                 at: datetime) -> list[OnDuty]:
+    """The people on_duty ranks (not off duty), read once so that many reports can share them."""
     rows = session.execute(_on_duty(), {"zone_id": zone_id, "unit_type": unit_type,
                                         "at": at}).all()
-    seen: dict[int, Candidate] = {}
+    seen: dict[int, OnDuty] = {}
     for user_id, display_name, status in rows:
-        state = status.state if status is not None else ResponderState.AVAILABLE
-        if state == ResponderState.OFF:
-            continue
+        if status is None:
+            seen[user_id] = OnDuty(user_id, display_name, ResponderState.AVAILABLE, False)
+        elif status.state != ResponderState.OFF:
+            seen[user_id] = OnDuty(user_id, display_name, status.state, True, status.lon,
+                                   status.lat, status.position_at)
+    return list(seen.values())
+
+
+def rank_on_duty(people: Sequence[OnDuty], *, at: datetime, lon: float | None,
+                 lat: float | None) -> list[Candidate]:
+    """Available first, then those with a fresh known position, nearest first, then by id."""
+    ranked = []
+    for person in people:
         distance = None
-        if (status is not None and status.lon is not None and status.lat is not None
-                and status.position_at is not None and lon is not None and lat is not None
-                and at - status.position_at <= POSITION_STALE_AFTER):
-            distance = haversine_m(lon, lat, status.lon, status.lat)
-        seen[user_id] = Candidate(user_id, state, distance, status is not None, display_name)
-    return sorted(seen.values(), key=lambda c: (
+        if (person.lon is not None and person.lat is not None
+                and person.position_at is not None and lon is not None and lat is not None
+                and at - person.position_at <= POSITION_STALE_AFTER):
+            distance = haversine_m(lon, lat, person.lon, person.lat)
+        ranked.append(Candidate(person.user_id, person.state, distance, person.has_status,
+                                person.display_name))
+    return sorted(ranked, key=lambda c: (
         c.state != ResponderState.AVAILABLE, c.distance_m is None, c.distance_m or 0.0,
         c.user_id))
 

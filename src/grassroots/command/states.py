@@ -530,6 +530,20 @@ class SystemActor:
     role: None = None
 
 
+@dataclass(frozen=True)
+class PersonActor:
+    """A signed-in person as plain values, for work another thread does on their behalf (a
+    User belongs to its request's session)."""
+
+    id: int | None
+    username: str
+    role: Role | None
+
+    @classmethod
+    def of(cls, actor: Actor) -> PersonActor:
+        return cls(actor.id, actor.username, actor.role)
+
+
 SWEEPER = SystemActor("system:sweeper")
 AUTO_DISPATCH = SystemActor("system:auto-dispatch")
 

@@ -18,7 +18,14 @@ class _HasPath(Protocol):
     def path(self) -> str: ...
 
 
-def scope_path(session: Session, user: User,
+class Scoped(Protocol):
+    """A user, or anything standing for one, with a scope region (None = everything)."""
+
+    @property
+    def scope_region_id(self) -> int | None: ...
+
+
+def scope_path(session: Session, user: User | Scoped,
                known: Mapping[int, _HasPath] | None = None) -> str | None:
     """The materialised path of the user's scope region, e.g. '/1/4/19/'; None means unlimited.
 
