@@ -25,18 +25,20 @@ so queueing shows.
 
 Each POST reports a new incident at a random point of the demo street that the locate index
 places in a zone (every one of them inside the dispatcher's scope), with a random active
-category that goes to the zone team and asks nothing required, a random reporter phone
-(stored encrypted) and a unique Idempotency-Key. The product dispatches it in the same request
-to the nearest available on-duty responder. The demo roster has only three on duty per zone,
-so the bench puts ``--responders`` more on duty in each zone (through the product's actions),
-and a bench-only "releaser" thread marks busy responders available again every 20 ms (SQL
-straight to responder_status, outside the API, skipping rows an intake holds locked) — as if
-each finished at once; without them dispatching would stop after a few dozen incidents and
-the rest would skip the dispatch step. Receipt→dispatch comes from the database after the run:
-incident.dispatched_at − incident.received_at for the incidents received in the window (both
-stamped inside the intake's transaction; the HTTP latency is the end-to-end figure). CPU is
-read from /proc over the measured window: the server's process group and, for PostgreSQL, the
-backends serving the bench database. At the end the audit chain of every database is verified.
+category that goes to the zone team and asks nothing required, a random reporter phone (stored
+encrypted) and a unique Idempotency-Key. The product dispatches it in the same request to the
+nearest available on-duty responder; the request waits for the group-commit writer
+(command.intake_writer) and is answered once the batch holding it has committed. The demo roster
+has only three on duty per zone, so the bench puts ``--responders`` more on duty in each zone
+(through the product's actions), and a bench-only "releaser" thread marks busy responders
+available again every 20 ms (SQL straight to responder_status, outside the API, skipping rows an
+intake holds locked) — as if each finished at once; without them dispatching would stop after a
+few dozen incidents and the rest would skip the dispatch step. Receipt→dispatch comes from the
+database after the run: incident.dispatched_at − incident.received_at for the incidents received
+in the window (both stamped inside the intake's transaction; the HTTP latency is the end-to-end
+figure). CPU is read from /proc over the measured window: the server's process group and, for
+PostgreSQL, the backends serving the bench database. At the end the audit chain of every
+database is verified.
 
 The bench stops by itself, and stops its server, load generator and databases on Ctrl-C or on
 any error.
