@@ -258,42 +258,6 @@ def _free(session: Session, user_ids: Sequence[int], now: datetime) -> None:
             ).values(state=ResponderState.AVAILABLE, updated_at=now))
 
 
-@functools.cache
-def _claim_statement(skip_locked: bool) -> Update:
-    """_claim's compare-and-set, built once (see queries._by_idempotency_key)."""
-    match = [ResponderStatus.user_id == bindparam("claimed"),
-             ResponderStatus.state == ResponderState.AVAILABLE]
-    if skip_locked:
-        match = [ResponderStatus.user_id == select(ResponderStatus.user_id).where(*match)
-                 .with_for_update(skip_locked=True).scalar_subquery()]
-    return update(ResponderStatus).where(*match).values(
-        state=ResponderState.BUSY, updated_at=bindparam("now"))
-
-
-def _claim(session: Session, user_id: int, now: datetime, *, skip_locked: bool = False,
-           has_status: bool | None = None) -> bool:
-    """Mark an available responder busy by compare-and-set, so two dispatches never share one.
-
-    skip_locked: on PostgreSQL, a responder another transaction is claiming right now counts
-    as taken at once, instead of waiting for that transaction to end (the caller moves on to
-    the next nearest). SQLite has one writer at a time, so it never waits on a claim anyway.
-    """
-    skip = skip_locked and session.get_bind().dialect.name == "postgresql"
-    result = cast(CursorResult[Any], session.execute(
-        _claim_statement(skip), {"claimed": user_id, "now": now},
-        execution_options={"synchronize_session": False}))
-    if result.rowcount == 1:
-        return True
-    if has_status:  # known to have a status row, so it is busy, off or being claimed
-        return False
-    inserted = session.execute(
-        _insert(session)(ResponderStatus)
-        .values(user_id=user_id, state=ResponderState.BUSY, updated_at=now)
-        .on_conflict_do_nothing(index_elements=[ResponderStatus.user_id])
-        .returning(ResponderStatus.user_id)).first()
-    return inserted is not None
-
-
 def _force_busy(session: Session, user_id: int, now: datetime) -> None:
     session.execute(
         _insert(session)(ResponderStatus)
@@ -890,8 +854,8 @@ def _check_scope(session: Session, scope_region_id: int | None, place: _Place,
     found = locator(place.lon, place.lat)
     # The cached LocateIndex behind the locator (its tree version checked in this transaction)
     # knows every region's path, the scope region's included.
-    index = getattr(locator, "__self__", None)
-    known = index.refs if isinstance(index, LocateIndex) else None
+    index = _index_of(locator)
+    known = index.refs if index is not None else None
     if found and not path_in_scope(scope_path(session, _Scoped(scope_region_id), known),
                                    found[0].path):
         raise ValidationFailed("command.error.location_outside_scope")
@@ -931,10 +895,16 @@ def _take_in(session: Session, runtime: Runtime, calendar: WorkingCalendar,
     return results
 
 
+def _index_of(locator: Locator | None) -> LocateIndex | None:
+    """The cached LocateIndex whose bound locate() the locator is, if it is one."""
+    index = getattr(locator, "__self__", None)
+    return index if isinstance(index, LocateIndex) else None
+
+
 def _region_names(locator: Locator | None, incident: Incident) -> dict[int, str] | None:
     """The names of the incident's regions from the locator's index, None if it lacks one."""
-    index = getattr(locator, "__self__", None)
-    if not isinstance(index, LocateIndex):
+    index = _index_of(locator)
+    if index is None:
         return None
     ids = {incident.zone_id, incident.grid_id, incident.micro_grid_id} - {None}
     names = {rid: index.refs[rid].name for rid in ids if rid in index.refs}
@@ -1036,7 +1006,7 @@ def _claim_for(session: Session, batch: list[_Checked], incidents: list[Incident
 
 @functools.cache
 def _claim_all_statement(skip_locked: bool) -> Update:
-    """_claim's compare-and-set for many people at once, built once."""
+    """_claim_all's compare-and-set, built once (see queries._by_idempotency_key)."""
     match = [ResponderStatus.user_id.in_(bindparam("claimed", expanding=True)),
              ResponderStatus.state == ResponderState.AVAILABLE]
     if skip_locked:
@@ -1046,11 +1016,16 @@ def _claim_all_statement(skip_locked: bool) -> Update:
         state=ResponderState.BUSY, updated_at=bindparam("now")).returning(ResponderStatus.user_id)
 
 
-def _claim_all(session: Session, candidates: Sequence[queries.Candidate],
-               now: datetime) -> set[int]:
-    """Mark available people busy by compare-and-set (as _claim, skipping rows another
-    transaction holds); those with no status row yet get one. The ids claimed."""
-    skip = session.get_bind().dialect.name == "postgresql"
+def _claim_all(session: Session, candidates: Sequence[queries.Candidate], now: datetime, *,
+               skip_locked: bool = True) -> set[int]:
+    """Mark available people busy by compare-and-set, so two dispatches never share one; those
+    with no status row yet get one. The ids claimed.
+
+    skip_locked: on PostgreSQL, a responder another transaction is claiming right now counts
+    as taken at once, instead of waiting for that transaction to end (the caller moves on to
+    the next nearest). SQLite has one writer at a time, so it never waits on a claim anyway.
+    """
+    skip = skip_locked and session.get_bind().dialect.name == "postgresql"
     won = set(session.scalars(_claim_all_statement(skip),
                               {"claimed": [c.user_id for c in candidates], "now": now},
                               execution_options={"synchronize_session": False}))
@@ -1191,8 +1166,7 @@ def _claim_nearest(session: Session, incident: Incident, unit_type: UnitType | s
                                      lat=incident.lat):
         if candidate.state != ResponderState.AVAILABLE:
             break  # the list puts available people first
-        if _claim(session, candidate.user_id, now, skip_locked=skip_locked,
-                  has_status=candidate.has_status):
+        if _claim_all(session, [candidate], now, skip_locked=skip_locked):
             claimed.append((candidate.user_id, candidate.distance_m))
             if names is not None and candidate.display_name is not None:
                 names[candidate.user_id] = candidate.display_name
@@ -2036,10 +2010,7 @@ def enter_incident(*, session: Session, runtime: Runtime, actor: User, channel: 
     it in this session; 110 hand-overs are always taken here. With no calendar, the calendar
     and the locator are read here (intake_context) when they are needed.
     """
-    try:
-        chosen = Channel(channel)
-    except ValueError:
-        raise ValidationFailed("command.error.unknown_channel", channel=channel) from None
+    chosen = _channel(channel)
     if chosen not in ENTRY_CHANNELS:
         raise ValidationFailed("command.error.unknown_channel", channel=chosen.value)
     who = cast(Actor, actor)  # a User is an Actor; mypy cannot read Mapped[] columns as values
