@@ -568,3 +568,57 @@ def count_users(session: Session) -> int:
     value = session.scalar(sa.select(sa.func.count()).select_from(User)) or 0
     session.rollback()
     return value
+
+
+# --- verified tokens kept for a moment (the API's hot path) ----------------------------------
+
+
+def _verified(session: Session, runtime: Runtime, username: str,
+              role: Role = Role.VIEWER) -> tuple[User, ApiToken, str]:
+    user = make_user(session, runtime, username, role)
+    token, plaintext = actions.create_api_token(session=session, runtime=runtime, actor=user,
+                                                name="client")
+    assert actions.user_for_api_token(session=session, runtime=runtime, token=plaintext)
+    session.commit()
+    return user, token, plaintext
+
+
+def test_a_token_just_verified_gives_its_user_again_without_the_database(
+        session: Session, runtime: Runtime) -> None:
+    user, _token, plaintext = _verified(session, runtime, "busyclient", Role.DISPATCHER)
+    first = actions.cached_token_user(runtime, plaintext)
+    second = actions.cached_token_user(runtime, plaintext)
+    assert first is not None and second is not None and first is not second
+    assert (first.id, first.username, first.role, first.scope_region_id) == (
+        user.id, "busyclient", Role.DISPATCHER, user.scope_region_id)
+    assert sa.inspect(first).detached  # each request gets its own copy, in no session
+    assert actions.cached_token_user(runtime, plaintext + "x") is None
+    assert actions.cached_token_user(runtime, "gr_never_seen") is None
+
+
+def test_a_kept_token_is_forgotten_once_it_is_revoked_or_its_user_changes(
+        session: Session, runtime: Runtime) -> None:
+    secadmin = make_user(session, runtime, "secadmin", Role.SECURITY_ADMIN)
+    admin = make_user(session, runtime, "sysadmin", Role.SYSTEM_ADMIN)
+    user, token, plaintext = _verified(session, runtime, "changing")
+    actions.revoke_api_token(session=session, runtime=runtime, actor=user, token_id=token.id)
+    assert actions.cached_token_user(runtime, plaintext) is None
+
+    _, _, second = _verified(session, runtime, "promoted")
+    promoted = session.scalars(sa.select(User).where(User.username == "promoted")).one()
+    actions.set_role(session=session, runtime=runtime, actor=secadmin, user_id=promoted.id,
+                     role=Role.DISPATCHER)
+    assert actions.cached_token_user(runtime, second) is None
+    again = actions.user_for_api_token(session=session, runtime=runtime, token=second)
+    assert again is not None and again.role == Role.DISPATCHER
+
+    actions.deactivate_user(session=session, runtime=runtime, actor=admin, user_id=promoted.id)
+    assert actions.cached_token_user(runtime, second) is None
+    assert actions.user_for_api_token(session=session, runtime=runtime, token=second) is None
+
+
+def test_a_kept_token_lapses_after_its_few_seconds(
+        session: Session, runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(actions, "API_TOKEN_CACHE_S", -1.0)  # already out of date when kept
+    _, _, plaintext = _verified(session, runtime, "lapsing")
+    assert actions.cached_token_user(runtime, plaintext) is None

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -36,7 +37,8 @@ from grassroots.command.models import (
     IncidentTransition,
     ResponderStatus,
 )
-from grassroots.command.states import IncidentState, ResponderState
+from grassroots.command.states import DeadlineKind, IncidentState, ResponderState
+from grassroots.db import column_values
 from grassroots.kernel.audit.chain import verify_chain
 from grassroots.kernel.audit.models import AuditRow
 from grassroots.kernel.auth.roles import Role
@@ -286,3 +288,60 @@ def test_a_closed_writer_takes_no_more_reports(runtime: Runtime, area: Area) -> 
     with pytest.raises(RuntimeError):
         writer.submit(actions.IntakeCall(actor=ADMIN, channel="grid_worker",
                                          category_code=GARBAGE, lon=A_LON, lat=A_LAT))
+
+
+def test_a_report_keeps_the_moment_it_was_received_however_long_it_waited(
+        session: Session, runtime: Runtime, clock: FixedClock, area: Area) -> None:
+    # The API stamps a report when it arrives (entry_call); the batch that writes it comes later.
+    put_on_duty(session, make_user(session, Role.ZONE_RESPONDER), area.zone_a, clock.now())
+    arrived = clock.now()
+    call = actions.IntakeCall(actor=ADMIN, channel="grid_worker", category_code=GARBAGE,
+                              lon=A_LON, lat=A_LAT, received_at=arrived)
+    clock.advance(timedelta(seconds=2))
+    [made] = actions.intake_many(session=session, runtime=runtime, calendar=CALENDAR,
+                                 locator=area.locate, calls=[call])
+    assert isinstance(made, actions.IntakeResult)
+    incident = session.get(Incident, made.incident.id, populate_existing=True)
+    assert incident is not None
+    assert incident.received_at == arrived
+    assert incident.dispatched_at == arrived + timedelta(seconds=2)
+    dispatch_clock = session.scalars(sa.select(Deadline).where(
+        Deadline.incident_id == incident.id, Deadline.kind == DeadlineKind.DISPATCH)).one()
+    assert dispatch_clock.due_at == arrived + timedelta(seconds=60)
+
+
+def test_the_new_rows_are_in_the_session_as_written(
+        session: Session, runtime: Runtime, clock: FixedClock, area: Area) -> None:
+    """On PostgreSQL the batch's rows go in as one statement (db.insert_in_one_statement), not
+    through the flush: the objects it returns must hold exactly what was written, and a change
+    to one must reach the row (as an UPDATE, not a second INSERT)."""
+    put_on_duty(session, make_user(session, Role.ZONE_RESPONDER), area.zone_a, clock.now())
+    inserts: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "INSERT INTO incident " in statement or "INSERT INTO incident (" in statement:
+            inserts.append(statement)
+
+    sa.event.listen(runtime.engine, "before_cursor_execute", count)
+    try:
+        made = actions.intake_many(session=session, runtime=runtime, calendar=CALENDAR,
+                                   locator=area.locate, calls=_calls(area)[:6])
+    finally:
+        sa.event.remove(runtime.engine, "before_cursor_execute", count)
+    results = [o for o in made if isinstance(o, actions.IntakeResult)]
+    if session.get_bind().dialect.name == "postgresql":
+        assert len(inserts) == 1 and "json_populate_recordset" in inserts[0]
+    objects = [obj for r in results for obj in (r.incident, *r.assignments, *r.deadlines)]
+    assert all(obj in session and obj not in session.new for obj in objects)
+    written = {(type(obj), obj.id): column_values(obj) for obj in objects}
+    session.expunge_all()
+    for (model, row_id), values in written.items():
+        assert column_values(session.get(model, row_id)) == values
+
+    incident = session.get(Incident, results[0].incident.id)
+    assert incident is not None
+    incident.title = "改过的标题"
+    session.commit()
+    session.expunge_all()
+    assert session.get(Incident, incident.id).title == "改过的标题"  # type: ignore[union-attr]
+    assert session.scalar(sa.select(sa.func.count()).select_from(Incident)) == 6

@@ -183,6 +183,31 @@ def test_a_bearer_token_reaches_users_me_without_csrf(
     assert made.json()["token"].startswith("gr_")
 
 
+def test_a_busy_clients_token_is_looked_up_once_then_kept_until_revoked(
+    client: TestClient, session: Session, runtime: Runtime
+) -> None:
+    user = make_user(session, runtime, "poller")
+    token, plaintext = actions.create_api_token(session=session, runtime=runtime, actor=user,
+                                                name="poll")
+    session.commit()
+    lookups: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        if statement.startswith("SELECT") and "FROM api_token" in statement:
+            lookups.append(statement)
+
+    sa.event.listen(runtime.engine, "before_cursor_execute", count)
+    try:
+        headers = {"Authorization": f"Bearer {plaintext}"}
+        for _ in range(3):
+            assert client.get("/api/v1/users/me", headers=headers).status_code == 200
+        assert len(lookups) == 1
+        actions.revoke_api_token(session=session, runtime=runtime, actor=user, token_id=token.id)
+        assert client.get("/api/v1/users/me", headers=headers).status_code == 401
+    finally:
+        sa.event.remove(runtime.engine, "before_cursor_execute", count)
+
+
 def test_without_credentials_the_api_answers_401_json(client: TestClient) -> None:
     response = client.get("/api/v1/users/me")
     assert response.status_code == 401

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,7 +37,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from grassroots.command import queries
 from grassroots.command.categories import (
@@ -116,6 +114,7 @@ from grassroots.command.states import (
     tier_due,
     warn_time,
 )
+from grassroots.db import attach_as_written, column_values, insert_in_one_statement
 from grassroots.kernel.addresses.queries import resolve as resolve_address
 from grassroots.kernel.audit import record
 from grassroots.kernel.auth.models import User
@@ -599,17 +598,12 @@ def _bump_statement(dialect: str) -> Any:
             .returning(table.last))
 
 
-_SET_NUMBER = update(cast(Table, Incident.__table__)).where(
-    cast(Table, Incident.__table__).c.id == bindparam("b_id")).values(
-    number=bindparam("b_number"))
-
-
 def _number_incidents(session: Session, incidents: Sequence[Incident]) -> None:
-    """Give the (flushed) incidents their day's next public numbers, in the order given.
+    """Give the new incidents (not yet written) their day's next public numbers, in order.
 
-    The counter row is the one lock every intake shares, held from here to COMMIT, so this
-    comes after everything else is written: one bump per day for the whole batch. Until then
-    each row carries a unique placeholder (_provisional_number) no other transaction can see.
+    One counter bump per day for the whole batch. The counter row is the one lock every intake
+    shares, held from here to COMMIT; a batch takes it once, just before its INSERTs, so the
+    numbers go in with the rows and need no UPDATE after.
     """
     by_day: dict[str, list[Incident]] = {}
     for incident in incidents:
@@ -618,8 +612,7 @@ def _number_incidents(session: Session, incidents: Sequence[Incident]) -> None:
     for day, group in by_day.items():
         first = _bump_counter(session, day, len(group)) - len(group) + 1
         for offset, incident in enumerate(group):
-            set_committed_value(incident, "number", format_number(day, first + offset))
-        session.execute(_SET_NUMBER, [{"b_id": i.id, "b_number": i.number} for i in group])
+            incident.number = format_number(day, first + offset)
 
 
 class IntakeAlone(Exception):
@@ -864,7 +857,7 @@ def _check_scope(session: Session, scope_region_id: int | None, place: _Place,
 def _take_in(session: Session, runtime: Runtime, calendar: WorkingCalendar,
              locator: Locator | None, batch: list[_Checked],
              now: datetime) -> list[IntakeResult]:
-    """Write the checked reports: the rows of each as _first_steps leaves them, then numbers."""
+    """Write the checked reports, numbered: the rows of each as _first_steps leaves them."""
     incidents: list[Incident] = []
     duplicates: list[list[Incident]] = []
     for report, on_file in zip(batch, queries.duplicate_candidates_many(
@@ -877,8 +870,8 @@ def _take_in(session: Session, runtime: Runtime, calendar: WorkingCalendar,
     with session.no_autoflush:
         for report, incident, people in zip(batch, incidents, sent, strict=True):
             freshes.append(_first_steps(session, runtime, report, incident, calendar, people))
+        _number_incidents(session, incidents)  # its clocks and assignments are not ready
     _insert_new(session, incidents, freshes)
-    _number_incidents(session, incidents)
     results = []
     for report, incident, fresh, found, people in zip(batch, incidents, freshes, duplicates,
                                                        sent, strict=True):
@@ -931,7 +924,7 @@ def _new_incident(runtime: Runtime, report: _Checked, has_duplicates: bool) -> I
     call, category, place, crypto = report.call, report.category, report.place, runtime.crypto
     phone = report.phone
     return Incident(
-        number=_provisional_number(), category_id=category.id, channel=report.channel,
+        category_id=category.id, channel=report.channel,
         client_ref=call.client, external_ref=call.external_ref,
         idempotency_key=call.idempotency_key, title=report.title, description=call.description,
         lon=place.lon, lat=place.lat, address_text=place.address_text,
@@ -964,7 +957,9 @@ def _claim_for(session: Session, batch: list[_Checked], incidents: list[Incident
     wanted = {n: FIRST_RESPONDERS_BY_URGENCY[incident.urgency]
               for n, (report, incident) in enumerate(zip(batch, incidents, strict=True))
               if report.dispatches and incident.zone_id is not None}
-    rosters: dict[tuple[int, str], list[queries.OnDuty]] = {}
+    rosters = queries.on_duty_rosters(
+        session=session, at=now, pairs={(cast(int, incidents[n].zone_id),
+                                         str(batch[n].category.unit_type)) for n in wanted})
     sent: list[_People] = [[] for _ in batch]
     names: dict[int, str] = {}
     picked: set[int] = set()
@@ -972,12 +967,8 @@ def _claim_for(session: Session, batch: list[_Checked], incidents: list[Incident
     for _ in range(_CLAIM_ROUNDS):
         picks: dict[int, tuple[int, queries.Candidate]] = {}
         for n in todo:
-            incident, unit = incidents[n], batch[n].category.unit_type
-            assert incident.zone_id is not None
-            roster = rosters.get((incident.zone_id, unit))
-            if roster is None:
-                roster = rosters[(incident.zone_id, unit)] = queries.on_duty_rows(
-                    session=session, zone_id=incident.zone_id, unit_type=unit, at=now)
+            incident = incidents[n]
+            roster = rosters[(cast(int, incident.zone_id), str(batch[n].category.unit_type))]
             need = wanted[n] - len(sent[n])
             for candidate in queries.rank_on_duty(roster, at=now, lon=incident.lon,
                                                   lat=incident.lat):
@@ -1065,13 +1056,32 @@ def _first_steps(session: Session, runtime: Runtime, report: _Checked, incident:
 
 
 def _insert_new(session: Session, incidents: list[Incident], freshes: list[_Fresh]) -> None:
-    """The incidents in one INSERT, then their transitions, clocks and assignments, a statement
-    per table."""
-    if session.get_bind().dialect.name == "postgresql":
-        _reserve_ids(session, incidents, [d for f in freshes for d in f.deadlines],
-                     [a for f in freshes for a in f.assignments])
-    session.add_all(incidents)
-    session.flush(incidents)
+    """The incidents, then their transitions, clocks and assignments: on PostgreSQL all in one
+    statement (db.insert_in_one_statement) with ids drawn first, elsewhere through the flush
+    (the incidents first, for their ids)."""
+    at_once = session.get_bind().dialect.name == "postgresql"
+    deadlines = [d for f in freshes for d in f.deadlines]
+    assignments = [a for f in freshes for a in f.assignments]
+    if at_once:
+        _reserve_ids(session, incidents, deadlines, assignments)
+    else:
+        session.add_all(incidents)
+        session.flush(incidents)
+    transitions = _link_to_incidents(incidents, freshes)
+    if not at_once:
+        session.execute(_INSERT_TRANSITIONS, transitions)
+        session.flush()
+        return
+    insert_in_one_statement(session, [
+        (_table(Incident), [column_values(i) for i in incidents]),
+        (_table(IncidentTransition), transitions),
+        (_table(Deadline), [column_values(d) for d in deadlines]),
+        (_table(Assignment), [column_values(a) for a in assignments])])
+    attach_as_written(session, [*incidents, *deadlines, *assignments])
+
+
+def _link_to_incidents(incidents: list[Incident], freshes: list[_Fresh]) -> list[dict[str, Any]]:
+    """Set each fresh row's incident_id, now that the incidents have ids; the transitions."""
     transitions = []
     for incident, fresh in zip(incidents, freshes, strict=True):
         for deadline in fresh.deadlines:
@@ -1081,8 +1091,11 @@ def _insert_new(session: Session, incidents: list[Incident], freshes: list[_Fres
         for transition in fresh.transitions:
             transition["incident_id"] = incident.id
             transitions.append(transition)
-    session.execute(_INSERT_TRANSITIONS, transitions)
-    session.flush()
+    return transitions
+
+
+def _table(model: type[Any]) -> Table:
+    return cast(Table, model.__table__)
 
 
 # PostgreSQL: the next ids of the three sequences, in one round trip.
@@ -1095,13 +1108,9 @@ _RESERVE_IDS = text(", ".join(
 
 def _reserve_ids(session: Session, incidents: list[Incident], deadlines: list[Deadline],
                  assignments: list[Assignment]) -> None:
-    """Give the new rows their ids from the sequences before they are written.
-
-    Why: rows whose ids the ORM must read back go in as one INSERT … VALUES (…), (…) …
-    RETURNING, a statement as long as the batch, which psycopg parses anew each time (it
-    caches only short ones) and which costs more CPU than everything else in the batch. Rows
-    with their ids set go in as one short INSERT run for each row in a single pipeline.
-    """
+    """Give the new rows their ids from the sequences before they are written, so that the
+    incidents and the rows pointing at them can go in as one statement, with nothing to read
+    back."""
     row = session.execute(_RESERVE_IDS, {
         Incident.__tablename__: len(incidents), Deadline.__tablename__: len(deadlines),
         Assignment.__tablename__: len(assignments)}).one()
@@ -1144,11 +1153,6 @@ def _same_request(existing: Incident, fingerprint: str | None) -> None:
 
 
 _INSERT_TRANSITIONS = insert(cast(Table, IncidentTransition.__table__))
-
-
-def _provisional_number() -> str:
-    # Unique, never committed: _number_incidents replaces it with the day's number before COMMIT.
-    return "~" + secrets.token_hex(15)
 
 
 # --- dispatch ----------------------------------------------------------------------------------
@@ -1989,6 +1993,39 @@ ENTRY_CHANNELS = frozenset({Channel.API, Channel.PHONE, Channel.POLICE_110})
 CENTRE_CHANNELS = frozenset({Channel.PHONE, Channel.POLICE_110})
 
 
+def _entry_channel(actor: User, channel: Channel | str) -> Channel:
+    """The channel a person enters a report by, refused if it is not theirs to use."""
+    chosen = _channel(channel)
+    if chosen not in ENTRY_CHANNELS:
+        raise ValidationFailed("command.error.unknown_channel", channel=chosen.value)
+    if chosen in CENTRE_CHANNELS:
+        _require(cast(Actor, actor), Permission.INCIDENTS_DISPATCH)
+    return chosen
+
+
+def entry_call(*, actor: User, channel: Channel | str, category_code: str,
+               lon: float | None = None, lat: float | None = None,
+               address_text: str | None = None, address_id: str | None = None,
+               description: str = "", reporter_phone: str | None = None,
+               reporter_name: str | None = None, attributes: Mapping[str, Any] | None = None,
+               urgency: int | None = None, idempotency_key: str | None = None,
+               fingerprint: str | None = None, source_ip: str | None = None,
+               received_at: datetime | None = None) -> IntakeCall | None:
+    """enter_incident's report as an IntakeCall for the group-commit writer, checked as far as
+    it can be without the database; None for a 110 hand-over, which enter_incident takes."""
+    chosen = _entry_channel(actor, channel)
+    if chosen == Channel.POLICE_110:
+        return None
+    return IntakeCall(
+        actor=PersonActor.of(cast(Actor, actor)), channel=chosen, category_code=category_code,
+        lon=lon, lat=lat, address_text=address_text or None, address_id=address_id,
+        description=description, reporter_phone=reporter_phone or None,
+        reporter_name=reporter_name or None, attributes=attributes, urgency=urgency,
+        source_ip=source_ip, check_scope=True, scope_region_id=actor.scope_region_id,
+        idempotency_key=idempotency_key or None, fingerprint=fingerprint,
+        received_at=received_at)
+
+
 def enter_incident(*, session: Session, runtime: Runtime, actor: User, channel: Channel | str,
                    category_code: str, calendar: WorkingCalendar | None,
                    locator: Locator | None,
@@ -1998,34 +2035,23 @@ def enter_incident(*, session: Session, runtime: Runtime, actor: User, channel: 
                    reporter_phone: str | None = None, reporter_name: str | None = None,
                    attributes: Mapping[str, Any] | None = None, urgency: int | None = None,
                    idempotency_key: str | None = None, police_ref: str | None = None,
-                   fingerprint: str | None = None, source_ip: str | None = None,
-                   submit: Callable[[IntakeCall], IntakeResult] | None = None) -> IntakeResult:
+                   fingerprint: str | None = None, source_ip: str | None = None) -> IntakeResult:
     """A report typed in by a person (phone call, 110 hand-over) or sent by an API client.
 
     Phone calls and 110 hand-overs are the centre's to record. A point located in a region
     outside the person's data scope is refused, since they could not follow it up (a point
     outside every region is the centre's, and allowed). A 110 hand-over is keyed by its
     reference number (receive_from_police); everything else by the caller's idempotency key.
-    `submit` hands the report to a batching writer (command.intake_writer) instead of taking
-    it in this session; 110 hand-overs are always taken here. With no calendar, the calendar
-    and the locator are read here (intake_context) when they are needed.
+    With no calendar, the calendar and the locator are read here (intake_context). entry_call
+    makes the same report for the group-commit writer instead.
     """
-    chosen = _channel(channel)
-    if chosen not in ENTRY_CHANNELS:
-        raise ValidationFailed("command.error.unknown_channel", channel=chosen.value)
+    chosen = _entry_channel(actor, channel)
     who = cast(Actor, actor)  # a User is an Actor; mypy cannot read Mapped[] columns as values
-    if chosen in CENTRE_CHANNELS:
-        _require(who, Permission.INCIDENTS_DISPATCH)
     fields: dict[str, Any] = {
         "lon": lon, "lat": lat, "address_text": address_text or None, "address_id": address_id,
         "description": description, "reporter_phone": reporter_phone or None,
         "reporter_name": reporter_name or None, "attributes": attributes, "urgency": urgency,
         "source_ip": source_ip, "check_scope": True, "scope_region_id": actor.scope_region_id}
-    if submit is not None and chosen != Channel.POLICE_110:
-        return submit(IntakeCall(actor=PersonActor.of(who), channel=chosen,
-                                 category_code=category_code,
-                                 idempotency_key=idempotency_key or None,
-                                 fingerprint=fingerprint, **fields))
     if calendar is None:
         calendar, locator = intake_context(session)
     if chosen == Channel.POLICE_110:

@@ -7,10 +7,11 @@ back as {"error": {"code", "message"}} in the request's language (the app's erro
 
 from __future__ import annotations
 
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from grassroots.command import actions, queries
 from grassroots.command.context import current_calendar
@@ -89,18 +90,13 @@ def _out(session: Session, runtime: Runtime, incident: Incident, language: str,
     return IncidentOut.of(view, language)
 
 
-def _fresh_view(session: Session, runtime: Runtime,
-                result: actions.IntakeResult) -> queries.IncidentView:
+def _fresh_view(runtime: Runtime, result: actions.IntakeResult,
+                region_names: dict[int, str]) -> queries.IncidentView:
     """The view of an incident this request created, from the intake's result."""
-    incident = result.incident
     assert result.category is not None
-    regions = result.region_names
-    if regions is None:  # not located by the cached index: read the names
-        regions = queries.region_names(
-            session, {incident.zone_id, incident.grid_id, incident.micro_grid_id} - {None})
     return queries.build_incident_view(
-        incident=incident, category=result.category, now=runtime.clock.now(),
-        region_names=regions, reporter_phone=result.reporter_phone,
+        incident=result.incident, category=result.category, now=runtime.clock.now(),
+        region_names=region_names, reporter_phone=result.reporter_phone,
         reporter_name=result.reporter_name, assignments=result.assignments,
         names=result.assigned_names,
         states=dict.fromkeys(result.assigned_user_ids, ResponderState.BUSY),
@@ -108,11 +104,10 @@ def _fresh_view(session: Session, runtime: Runtime,
 
 
 @router.post("/incidents", status_code=201, response_model=IncidentCreated)
-def create_incident(
+async def create_incident(
     body: IncidentIn,
     response: Response,
     user: Reporter,
-    session: SessionDep,
     runtime: RuntimeDep,
     language: LanguageDep,
     ip: ClientIp,
@@ -125,31 +120,64 @@ def create_incident(
     Send an Idempotency-Key: a retry with the same key (same user) returns the first incident
     with 200 instead of 201; the same key with a different body is refused with 422.
     """
+    # A coroutine, so that a report waiting for its batch (command.intake_writer) holds no
+    # thread and no database connection: the event loop serves the others meanwhile. Its
+    # receipt is stamped now, so its clocks count the wait for the batch too.
     lon, lat = to_wgs84(body.lon, body.lat, body.crs)
-    # End the read-only transaction the sign-in check left open: its connection goes back to
-    # the pool while the report waits for its batch (the writer needs one to write it).
-    session.commit()
-    result = actions.enter_incident(
-        session=session, runtime=runtime, actor=user, channel=body.channel,
-        category_code=body.category_code, calendar=None, locator=None, lon=lon, lat=lat,
-        address_text=body.address_text, address_id=body.address_id,
-        description=body.description, reporter_phone=body.reporter_phone,
-        reporter_name=body.reporter_name, attributes=body.attributes, urgency=body.urgency,
-        idempotency_key=idempotency_key, police_ref=body.police_ref,
-        fingerprint=actions.request_fingerprint(body.model_dump(mode="json")), source_ip=ip,
-        submit=writer.submit)
+    entry: dict[str, Any] = {
+        "actor": user, "channel": body.channel, "category_code": body.category_code,
+        "lon": lon, "lat": lat, "address_text": body.address_text, "address_id": body.address_id,
+        "description": body.description, "reporter_phone": body.reporter_phone,
+        "reporter_name": body.reporter_name, "attributes": body.attributes,
+        "urgency": body.urgency, "idempotency_key": idempotency_key,
+        "fingerprint": actions.request_fingerprint(body.model_dump(mode="json")),
+        "source_ip": ip}
+    call = actions.entry_call(**entry, received_at=runtime.clock.now())
+    if call is None:  # a 110 hand-over, keyed by its reference: taken in a session of its own
+        return await run_in_threadpool(_enter_here, runtime, language, response, entry,
+                                       body.police_ref)
+    result = await writer.submit_async(call)
     if not result.created:
         response.status_code = 200
-    if result.created and result.incident.created_by == user.username \
-            and result.category is not None:
+    if result.created and result.region_names is not None and result.category is not None:
         # The incident this request just wrote and committed is known as it stands, with its
         # assignments and clocks, and incident_scope lets everyone see what they reported: the
         # answer is built from what the intake knows, with no re-read and no scope lookup.
-        out = IncidentOut.of(_fresh_view(session, runtime, result), language)
-    else:
-        out = incident_out(session, runtime, result.incident.id, user, language)
+        return _created(IncidentOut.of(_fresh_view(runtime, result, result.region_names),
+                                       language), result)
+    return await run_in_threadpool(_answer, runtime, language, user, result)
+
+
+def _created(out: IncidentOut, result: actions.IntakeResult) -> IncidentCreated:
     return IncidentCreated(**out.model_dump(), created=result.created,
                            duplicate_candidates=[d.number for d in result.duplicate_candidates])
+
+
+def _answer(runtime: Runtime, language: str, user: User,
+            result: actions.IntakeResult) -> IncidentCreated:
+    """The answer with what it needs read from the database: a retry's first incident, or the
+    region names of a new one the cached index could not name."""
+    with runtime.session_factory() as session:
+        if result.created and result.category is not None:
+            incident = result.incident
+            names = result.region_names
+            if names is None:
+                names = queries.region_names(session, {
+                    incident.zone_id, incident.grid_id, incident.micro_grid_id} - {None})
+            return _created(IncidentOut.of(_fresh_view(runtime, result, names), language),
+                            result)
+        return _created(incident_out(session, runtime, result.incident.id, user, language),
+                        result)
+
+
+def _enter_here(runtime: Runtime, language: str, response: Response, entry: dict[str, Any],
+                police_ref: str | None) -> IncidentCreated:
+    with runtime.session_factory() as session:
+        result = actions.enter_incident(session=session, runtime=runtime, calendar=None,
+                                        locator=None, police_ref=police_ref, **entry)
+    if not result.created:
+        response.status_code = 200
+    return _answer(runtime, language, entry["actor"], result)
 
 
 @router.get("/incidents", response_model=IncidentPage)

@@ -15,6 +15,7 @@ alone, as it would have without the batch.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -74,6 +75,13 @@ class IntakeWriter:
         return self._queue.qsize()
 
     def submit(self, call: IntakeCall) -> IntakeResult:
+        return self._enqueue(call).result()
+
+    async def submit_async(self, call: IntakeCall) -> IntakeResult:
+        """submit for a coroutine: the event loop goes on serving while the report waits."""
+        return await asyncio.wrap_future(self._enqueue(call))
+
+    def _enqueue(self, call: IntakeCall) -> Future[IntakeResult]:
         job = _Job(call)
         with self._lock:
             if self._closed:
@@ -83,7 +91,7 @@ class IntakeWriter:
                 self._thread = threading.Thread(target=self._run, daemon=True,
                                                 name="grassroots-intake-writer")
                 self._thread.start()
-        return job.future.result()
+        return job.future
 
     def close(self) -> None:
         with self._lock:

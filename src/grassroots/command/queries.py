@@ -296,12 +296,13 @@ class Candidate:
 
 
 @functools.cache
-def _on_duty() -> Select[tuple[int, str, ResponderStatus]]:
-    return (select(DutyShift.user_id, User.display_name, ResponderStatus)
+def _on_duty() -> Select[tuple[int, str, int, UnitType, ResponderStatus]]:
+    return (select(DutyShift.user_id, User.display_name, DutyShift.zone_id, DutyShift.unit_type,
+                   ResponderStatus)
             .join(User, User.id == DutyShift.user_id)
             .outerjoin(ResponderStatus, ResponderStatus.user_id == DutyShift.user_id)
-            .where(DutyShift.zone_id == bindparam("zone_id"),
-                   DutyShift.unit_type == bindparam("unit_type"),
+            .where(DutyShift.zone_id.in_(bindparam("zone_ids", expanding=True)),
+                   DutyShift.unit_type.in_(bindparam("unit_types", expanding=True)),
                    DutyShift.starts_at <= bindparam("at"), DutyShift.ends_at > bindparam("at"),
                    User.is_active.is_(True)))
 
@@ -333,16 +334,29 @@ class OnDuty:
 def on_duty_rows(*, session: Session, zone_id: int, unit_type: UnitType | str,
                  at: datetime) -> list[OnDuty]:
     """The people on_duty ranks (not off duty), read once so that many reports can share them."""
-    rows = session.execute(_on_duty(), {"zone_id": zone_id, "unit_type": unit_type,
+    return on_duty_rosters(session=session, pairs={(zone_id, str(unit_type))}, at=at)[
+        (zone_id, str(unit_type))]
+
+
+def on_duty_rosters(*, session: Session, pairs: Collection[tuple[int, str]],
+                    at: datetime) -> dict[tuple[int, str], list[OnDuty]]:
+    """on_duty_rows for each (zone id, unit type) pair, in one query for them all."""
+    rosters: dict[tuple[int, str], dict[int, OnDuty]] = {pair: {} for pair in pairs}
+    if not pairs:
+        return {}
+    rows = session.execute(_on_duty(), {"zone_ids": sorted({zone for zone, _ in pairs}),
+                                        "unit_types": sorted({unit for _, unit in pairs}),
                                         "at": at}).all()
-    seen: dict[int, OnDuty] = {}
-    for user_id, display_name, status in rows:
+    for user_id, display_name, zone_id, unit_type, status in rows:
+        seen = rosters.get((zone_id, str(unit_type)))
+        if seen is None:  # a zone asked for with another pair's unit
+            continue
         if status is None:
             seen[user_id] = OnDuty(user_id, display_name, ResponderState.AVAILABLE, False)
         elif status.state != ResponderState.OFF:
             seen[user_id] = OnDuty(user_id, display_name, status.state, True, status.lon,
                                    status.lat, status.position_at)
-    return list(seen.values())
+    return {pair: list(seen.values()) for pair, seen in rosters.items()}
 
 
 def rank_on_duty(people: Sequence[OnDuty], *, at: datetime, lon: float | None,

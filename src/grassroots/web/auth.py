@@ -167,6 +167,10 @@ async def _bearer_user(request: Request, runtime: Runtime,
                        authorization: str) -> tuple[User | None, Session | None]:
     scheme, _, credential = authorization.partition(" ")
     if scheme.lower() == "bearer" and credential.strip():
+        # A token verified moments ago needs no lookup (and no thread): see cached_token_user.
+        kept = actions.cached_token_user(runtime, credential.strip())
+        if kept is not None:
+            return kept, None
         return await run_in_threadpool(_user_for_bearer, runtime, credential.strip())
     return None, None
 
