@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from importlib import resources
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from grassroots import __version__
 from grassroots.command.intake_writer import IntakeWriter
 from grassroots.command.open311.api import install_open311_error_handling
 from grassroots.runtime import Runtime
-from grassroots.settings import Settings, get_settings
+from grassroots.settings import Environment, Settings, get_settings
 from grassroots.web.auth import install_auth
 from grassroots.web.errors import install_error_handlers
 from grassroots.web.templating import build_templates
@@ -32,6 +33,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.templates = build_templates()
     app.state.intake_writer = IntakeWriter(runtime)
     app.add_event_handler("shutdown", app.state.intake_writer.close)
+    if runtime.settings.environment != Environment.TEST:  # the test run makes many apps
+        app.add_event_handler("startup", settle_heap)
     static_dir = Path(str(resources.files("grassroots.web"))) / "static"
     app.mount("/static", StaticFiles(directory=static_dir), name="static")
     install_error_handlers(app)
@@ -39,6 +42,26 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     install_open311_error_handling(app)
     _include_routers(app)
     return app
+
+
+# Young-generation collections after this many net allocations (CPython's default is 700), and
+# the older generations after 50 and 1000 younger ones (default 10 and 10).
+GC_THRESHOLDS = (20_000, 50, 1_000)
+
+
+def settle_heap() -> None:
+    """Once the server has started: freeze what start-up loaded and collect less often.
+
+    Why: a busy server allocates ORM objects, dicts and futures by the hundred thousand a
+    second; with CPython's default thresholds its collector runs constantly and now and then
+    walks every object alive, start-up's modules and tables included, stopping the intake
+    writer for tens of milliseconds — the p99 of receipt-to-dispatch doubled under load.
+    Frozen objects are left out of every collection; what the requests make is mostly freed
+    by reference counting anyway, and cycles are still collected, only in bigger rounds.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _include_routers(app: FastAPI) -> None:

@@ -71,7 +71,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+    return create_engine(url, **({"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+                                 | kwargs))
 
 
 # The request.state attribute under which the auth middleware hands the session it looked the

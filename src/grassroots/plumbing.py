@@ -17,8 +17,9 @@ from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from grassroots.db import take_request_session
+from grassroots.db import REQUEST_SESSION_ATTR, take_request_session
 from grassroots.kernel.auth.models import User
 from grassroots.kernel.auth.roles import Permission, has_permission
 from grassroots.kernel.errors import NotAuthenticated, PermissionDenied
@@ -31,6 +32,16 @@ async def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def release_request_session(request: Request) -> None:
+    """Close the session the sign-in check left for this request, if it left one, so that its
+    database connection goes back to the pool now: for a coroutine route that does without it
+    and then waits (an idle connection held per waiting request would drain the pool)."""
+    session = getattr(request.state, REQUEST_SESSION_ATTR, None)
+    if isinstance(session, Session):
+        setattr(request.state, REQUEST_SESSION_ATTR, None)
+        await run_in_threadpool(session.close)
 
 
 def get_session(request: Request, runtime: RuntimeDep) -> Iterator[Session]:

@@ -4,6 +4,7 @@ data scope on every endpoint, 110 transfers, masked phones and responders' posit
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -21,13 +22,17 @@ from tests.integration.command_support import (
 )
 from tests.web.dispatcher_support import Street, bearer, garbage, make_street, with_command_routes
 
+from grassroots.app import create_app
 from grassroots.command.models import Incident, IncidentTransition
 from grassroots.command.police import FakePoliceDesk
+from grassroots.db import make_engine
 from grassroots.kernel.audit.models import AuditRow
+from grassroots.kernel.auth import actions as auth_actions
 from grassroots.kernel.auth.models import User
 from grassroots.kernel.clock import FixedClock
 from grassroots.kernel.regions.geo import wgs84_to_gcj02
 from grassroots.runtime import Runtime
+from grassroots.settings import Settings
 
 Headers = Callable[[User], dict[str, str]]
 
@@ -575,3 +580,30 @@ def test_a_responders_phone_reports_position_and_availability(
     bad = client.post("/api/v1/responders/me/position", json={"lon": 1},
                       headers=auth(street.responder_a))
     assert bad.status_code == 422
+
+
+def test_reports_waiting_for_their_batch_hold_no_database_connection(
+        street: Street, session: Session, runtime: Runtime, settings: Settings,
+        clock: FixedClock) -> None:
+    # A pool of two: the sign-in checks of three tokens take a connection each (the third
+    # waits for one); a report that kept its check's connection while waiting for its batch
+    # would leave the writer none to write the batch with.
+    headers = [bearer(session, runtime, street.dispatcher) for _ in range(3)]
+    for token in headers:  # used once already (so a check writes nothing), then not kept
+        assert auth_actions.user_for_api_token(
+            session=session, runtime=runtime, token=token["Authorization"].split()[1])
+    session.commit()
+    auth_actions.forget_cached_tokens()
+    small = Runtime(settings, clock=clock)
+    small.__dict__["engine"] = make_engine(settings.database_url, pool_size=2,
+                                           max_overflow=0, pool_timeout=5)
+    try:
+        with TestClient(create_app(runtime=small)) as client, \
+                ThreadPoolExecutor(max_workers=3) as pool:
+            answers = list(pool.map(
+                lambda n: _post(client, headers[n], garbage(description=f"第{n}起"),
+                                key=f"k{n}"), range(3), timeout=30))
+    finally:
+        small.engine.dispose()
+    assert [a.status_code for a in answers] == [201] * 3, [a.text for a in answers]
+    assert _count(session, Incident) == 3

@@ -42,6 +42,7 @@ from grassroots.command.schemas import (
 from grassroots.command.states import IncidentState, ResponderState
 from grassroots.kernel.auth.models import User
 from grassroots.kernel.auth.roles import Permission
+from grassroots.plumbing import release_request_session
 from grassroots.runtime import Runtime
 
 router = APIRouter(prefix="/api/v1", tags=["incidents"])
@@ -105,6 +106,7 @@ def _fresh_view(runtime: Runtime, result: actions.IntakeResult,
 
 @router.post("/incidents", status_code=201, response_model=IncidentCreated)
 async def create_incident(
+    request: Request,
     body: IncidentIn,
     response: Response,
     user: Reporter,
@@ -123,6 +125,7 @@ async def create_incident(
     # A coroutine, so that a report waiting for its batch (command.intake_writer) holds no
     # thread and no database connection: the event loop serves the others meanwhile. Its
     # receipt is stamped now, so its clocks count the wait for the batch too.
+    await release_request_session(request)
     lon, lat = to_wgs84(body.lon, body.lat, body.crs)
     entry: dict[str, Any] = {
         "actor": user, "channel": body.channel, "category_code": body.category_code,
