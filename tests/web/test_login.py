@@ -1,4 +1,6 @@
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pyotp
@@ -15,6 +17,7 @@ from grassroots.kernel.auth.roles import Role
 from grassroots.kernel.clock import FixedClock
 from grassroots.runtime import Runtime
 from grassroots.settings import Environment
+from grassroots.web import auth as web_auth
 from grassroots.web.auth import SESSION_COOKIE, install_auth
 
 PASSWORD = "Spring-Field-42"
@@ -206,6 +209,31 @@ def test_a_busy_clients_token_is_looked_up_once_then_kept_until_revoked(
         assert client.get("/api/v1/users/me", headers=headers).status_code == 401
     finally:
         sa.event.remove(runtime.engine, "before_cursor_execute", count)
+
+
+def test_requests_that_miss_the_kept_token_together_share_one_lookup(
+    client: TestClient, session: Session, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = make_user(session, runtime, "herd")
+    _token, plaintext = actions.create_api_token(session=session, runtime=runtime, actor=user,
+                                                 name="herd")
+    session.commit()
+    lookups: list[str] = []
+    looked_up = web_auth._user_for_bearer
+
+    def slow_lookup(runtime: Runtime, token: str):  # type: ignore[no-untyped-def]
+        lookups.append(token)
+        time.sleep(0.3)  # long enough for every request below to arrive meanwhile
+        return looked_up(runtime, token)
+
+    monkeypatch.setattr(web_auth, "_user_for_bearer", slow_lookup)
+    headers = {"Authorization": f"Bearer {plaintext}"}
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(lambda _: client.get("/api/v1/users/me", headers=headers),
+                                range(6), timeout=20))
+    assert [a.status_code for a in answers] == [200] * 6
+    assert all(a.json()["username"] == "herd" for a in answers)
+    assert len(lookups) == 1
 
 
 def test_without_credentials_the_api_answers_401_json(client: TestClient) -> None:

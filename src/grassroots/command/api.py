@@ -116,7 +116,7 @@ async def create_incident(
     writer: IntakeWriterDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key",
                                                   max_length=IDEMPOTENCY_KEY_MAX)] = None,
-) -> IncidentCreated:
+) -> IncidentCreated | Response:
     """Report an incident; it is located, registered and dispatched in this request.
 
     Send an Idempotency-Key: a retry with the same key (same user) returns the first incident
@@ -146,14 +146,20 @@ async def create_incident(
         # The incident this request just wrote and committed is known as it stands, with its
         # assignments and clocks, and incident_scope lets everyone see what they reported: the
         # answer is built from what the intake knows, with no re-read and no scope lookup.
-        return _created(IncidentOut.of(_fresh_view(runtime, result, result.region_names),
-                                       language), result)
+        # Built from checked values, so written out as it stands: FastAPI would validate the
+        # whole answer once more against IncidentCreated before writing it.
+        created = _created(IncidentOut.of(_fresh_view(runtime, result, result.region_names),
+                                          language), result)
+        return Response(created.model_dump_json(), status_code=201,
+                        media_type="application/json")
     return await run_in_threadpool(_answer, runtime, language, user, result)
 
 
 def _created(out: IncidentOut, result: actions.IntakeResult) -> IncidentCreated:
-    return IncidentCreated(**out.model_dump(), created=result.created,
-                           duplicate_candidates=[d.number for d in result.duplicate_candidates])
+    # The fields of a validated IncidentOut, so construct (no second validation) is safe.
+    return IncidentCreated.model_construct(
+        **dict(out), created=result.created,
+        duplicate_candidates=[d.number for d in result.duplicate_candidates])
 
 
 def _answer(runtime: Runtime, language: str, user: User,

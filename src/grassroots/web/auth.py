@@ -14,6 +14,7 @@ so are the paths in CSRF_EXEMPT_PREFIXES.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from datetime import datetime
 from typing import Annotated, Any
@@ -163,16 +164,36 @@ def _unauthenticated(request: Request) -> Response:
     return response
 
 
+# The token lookups under way, per event loop: (loop id, token) -> done when the lookup is.
+_lookups: dict[tuple[int, str], asyncio.Future[None]] = {}
+
+
 async def _bearer_user(request: Request, runtime: Runtime,
                        authorization: str) -> tuple[User | None, Session | None]:
     scheme, _, credential = authorization.partition(" ")
-    if scheme.lower() == "bearer" and credential.strip():
-        # A token verified moments ago needs no lookup (and no thread): see cached_token_user.
-        kept = actions.cached_token_user(runtime, credential.strip())
+    token = credential.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None, None
+    # A token verified moments ago needs no lookup (and no thread): see cached_token_user.
+    kept = actions.cached_token_user(runtime, token)
+    if kept is not None:
+        return kept, None
+    key = (id(asyncio.get_running_loop()), token)
+    under_way = _lookups.get(key)
+    if under_way is not None:
+        # When a busy client's kept token lapses, its requests in flight all miss at once:
+        # they wait for the one lookup under way and take its answer, instead of each asking
+        # the database (and taking a connection) for the same thing.
+        await asyncio.shield(under_way)
+        kept = actions.cached_token_user(runtime, token)
         if kept is not None:
             return kept, None
-        return await run_in_threadpool(_user_for_bearer, runtime, credential.strip())
-    return None, None
+        return await run_in_threadpool(_user_for_bearer, runtime, token)
+    _lookups[key] = asyncio.get_running_loop().create_future()
+    try:
+        return await run_in_threadpool(_user_for_bearer, runtime, token)
+    finally:
+        _lookups.pop(key).set_result(None)
 
 
 async def _close_left_over(request: Request) -> None:
