@@ -186,13 +186,19 @@ def test_a_bearer_token_reaches_users_me_without_csrf(
     assert made.json()["token"].startswith("gr_")
 
 
+def _client_token(session: Session, runtime: Runtime,
+                  username: str) -> tuple[User, ApiToken, str]:
+    user = make_user(session, runtime, username)
+    token, plaintext = actions.create_api_token(session=session, runtime=runtime, actor=user,
+                                                name=username)
+    session.commit()
+    return user, token, plaintext
+
+
 def test_a_busy_clients_token_is_looked_up_once_then_kept_until_revoked(
     client: TestClient, session: Session, runtime: Runtime
 ) -> None:
-    user = make_user(session, runtime, "poller")
-    token, plaintext = actions.create_api_token(session=session, runtime=runtime, actor=user,
-                                                name="poll")
-    session.commit()
+    user, token, plaintext = _client_token(session, runtime, "poller")
     lookups: list[str] = []
 
     def count(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
@@ -214,10 +220,7 @@ def test_a_busy_clients_token_is_looked_up_once_then_kept_until_revoked(
 def test_requests_that_miss_the_kept_token_together_share_one_lookup(
     client: TestClient, session: Session, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    user = make_user(session, runtime, "herd")
-    _token, plaintext = actions.create_api_token(session=session, runtime=runtime, actor=user,
-                                                 name="herd")
-    session.commit()
+    _user, _token, plaintext = _client_token(session, runtime, "herd")
     lookups: list[str] = []
     looked_up = web_auth._user_for_bearer
 
