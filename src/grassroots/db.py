@@ -155,7 +155,7 @@ def attach_as_written(session: Session, objects: Sequence[Any]) -> None:
     persistent (as if loaded), so that a later change to one is flushed as an UPDATE and
     nothing INSERTs them again. Every column attribute must be set (column_values sets them)."""
     for obj in objects:
-        if obj in session:
+        if obj in session:  # added while it was being built
             session.expunge(obj)
         make_transient_to_detached(obj)
         session.add(obj)

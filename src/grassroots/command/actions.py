@@ -225,12 +225,28 @@ def _category(session: Session, incident: Incident) -> IncidentCategory:
 def new_deadline(session: Session, *, incident_id: int, kind: DeadlineKind, start: datetime,
                   due: datetime, step: int = 0,
                   reinforcement_request_id: int | None = None) -> Deadline:
-    deadline = Deadline(incident_id=incident_id, kind=kind, escalation_step=step,
-                        reinforcement_request_id=reinforcement_request_id, starts_at=start,
-                        due_at=due, warn_at=warn_time(start, due), level=DeadlineLevel.NONE,
-                        state=DeadlineState.OPEN, version=1)
+    deadline = _deadline(incident_id=incident_id, kind=kind, start=start, due=due, step=step,
+                         reinforcement_request_id=reinforcement_request_id)
     session.add(deadline)
     return deadline
+
+
+def _deadline(*, incident_id: int | None, kind: DeadlineKind, start: datetime, due: datetime,
+              step: int = 0, reinforcement_request_id: int | None = None) -> Deadline:
+    return Deadline(incident_id=incident_id, kind=kind, escalation_step=step,
+                    reinforcement_request_id=reinforcement_request_id, starts_at=start,
+                    due_at=due, warn_at=warn_time(start, due), level=DeadlineLevel.NONE,
+                    state=DeadlineState.OPEN, version=1)
+
+
+def _start_clock(session: Session, fresh: _Fresh | None, *, incident: Incident,
+                 kind: DeadlineKind, start: datetime, due: datetime) -> None:
+    """A new clock: a fresh incident's is kept with it (written by _insert_new), any other's
+    goes into the session."""
+    if fresh is None:
+        new_deadline(session, incident_id=incident.id, kind=kind, start=start, due=due)
+    else:
+        fresh.deadlines.append(_deadline(incident_id=None, kind=kind, start=start, due=due))
 
 
 def _settle(session: Session, incident_id: int, kinds: frozenset[DeadlineKind],
@@ -283,8 +299,8 @@ class _Fresh:
     """An incident inserted by this very transaction, and the clocks it has started so far.
 
     No other transaction can see its row before COMMIT, so its steps have no version to
-    compare against: they change the object and these clocks in memory, and the unit of work
-    writes the outcome with the transaction's other rows.
+    compare against: they change the object, and build these clocks and assignments, in memory
+    (none of them in the session yet), and _insert_new writes the outcome in one go.
     """
 
     deadlines: list[Deadline] = field(default_factory=list)
@@ -867,10 +883,9 @@ def _take_in(session: Session, runtime: Runtime, calendar: WorkingCalendar,
         incidents.append(_new_incident(runtime, report, bool(found)))
     sent, names = _claim_for(session, batch, incidents, now)
     freshes: list[_Fresh] = []
-    with session.no_autoflush:
-        for report, incident, people in zip(batch, incidents, sent, strict=True):
-            freshes.append(_first_steps(session, runtime, report, incident, calendar, people))
-        _number_incidents(session, incidents)  # its clocks and assignments are not ready
+    for report, incident, people in zip(batch, incidents, sent, strict=True):
+        freshes.append(_first_steps(session, runtime, report, incident, calendar, people))
+    _number_incidents(session, incidents)
     _insert_new(session, incidents, freshes)
     results = []
     for report, incident, fresh, found, people in zip(batch, incidents, freshes, duplicates,
@@ -1042,9 +1057,8 @@ def _first_steps(session: Session, runtime: Runtime, report: _Checked, incident:
         incident_id=None, from_state=None, to_state=IncidentState.RECEIVED, action="receive",
         reason=None, actor=call.actor.username, actor_id=call.actor.id, at=now,
         detail=json.dumps({"channel": report.channel.value}, sort_keys=True)))
-    fresh.deadlines.append(new_deadline(
-        session, incident_id=incident.id, kind=DeadlineKind.DISPATCH, start=report.received,
-        due=report.received + CALL_PROCESSING_LIMIT))
+    _start_clock(session, fresh, incident=incident, kind=DeadlineKind.DISPATCH,
+                 start=report.received, due=report.received + CALL_PROCESSING_LIMIT)
     if call.auto_register:
         _step(session, runtime, AUTO_DISPATCH, incident, Action.REGISTER,
               source_ip=call.source_ip, fresh=fresh)
@@ -1070,6 +1084,7 @@ def _insert_new(session: Session, incidents: list[Incident], freshes: list[_Fres
     transitions = _link_to_incidents(incidents, freshes)
     if not at_once:
         session.execute(_INSERT_TRANSITIONS, transitions)
+        session.add_all([*deadlines, *assignments])
         session.flush()
         return
     insert_in_one_statement(session, [
@@ -1194,15 +1209,13 @@ def _send(session: Session, runtime: Runtime, actor: Actor, incident: Incident,
             incident_id=incident.id, user_id=user_id, role=ResponseRole.FIRST_RESPONDER,
             unit_type=category.unit_type, distance_m=distance, assigned_by=actor.username,
             assigned_at=now)
-        session.add(assignment)
-        if fresh is not None:
+        if fresh is None:
+            session.add(assignment)
+        else:
             fresh.assignments.append(assignment)
     if category.on_scene_required:
-        on_scene = new_deadline(session, incident_id=incident.id,
-                                 kind=DeadlineKind.FIRST_ON_SCENE, start=now,
-                                 due=now + FIRST_RESPONSE_LIMIT)
-        if fresh is not None:
-            fresh.deadlines.append(on_scene)
+        _start_clock(session, fresh, incident=incident, kind=DeadlineKind.FIRST_ON_SCENE,
+                     start=now, due=now + FIRST_RESPONSE_LIMIT)
     if fresh is not None:
         has_handling = fresh.has_open(DeadlineKind.HANDLING)
     else:
@@ -1211,11 +1224,8 @@ def _send(session: Session, runtime: Runtime, actor: Actor, incident: Incident,
             Deadline.state.in_([DeadlineState.OPEN, DeadlineState.PAUSED])))))
     if not has_handling:
         # The unit's limit runs from when it receives the order (12345 practice).
-        handling = new_deadline(
-            session, incident_id=incident.id, kind=DeadlineKind.HANDLING, start=now,
-            due=handling_due(category.limit_value, category.limit_unit, now, calendar))
-        if fresh is not None:
-            fresh.deadlines.append(handling)
+        _start_clock(session, fresh, incident=incident, kind=DeadlineKind.HANDLING, start=now,
+                     due=handling_due(category.limit_value, category.limit_unit, now, calendar))
     if fresh is None:
         session.flush()
 
@@ -1271,10 +1281,7 @@ def _start_tier_clock(session: Session, incident: Incident, category: IncidentCa
                    handling_unit=category.limit_unit)
     if due is None:
         return
-    deadline = new_deadline(session, incident_id=incident.id, kind=DeadlineKind.TIER,
-                             start=now, due=due)
-    if fresh is not None:
-        fresh.deadlines.append(deadline)
+    _start_clock(session, fresh, incident=incident, kind=DeadlineKind.TIER, start=now, due=due)
 
 
 def closing_floor(category: IncidentCategory, tier: Tier) -> Tier:
