@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BigInteger, bindparam, event, insert, select, text, update
@@ -23,7 +24,26 @@ if TYPE_CHECKING:
 HEAD_ID = 1
 
 
-def _canonical(row: AuditRow, previous_mac: str) -> bytes:
+@dataclass(slots=True)
+class _NewRow:
+    """An audit row recorded in this transaction, written by _append_pending. A plain object:
+    the row goes in by one statement of its own, so it needs nothing the ORM gives."""
+
+    at: datetime
+    actor: str
+    action: str
+    object_type: str
+    object_id: str
+    outcome: str
+    source_ip: str | None
+    detail: str
+    seq: int = 0
+    key_id: str = ""
+    mac: str = ""
+
+
+def _canonical(row: AuditRow | _NewRow, previous_mac: str) -> bytes:
+    """What the MAC covers, of a stored row or of one about to be written."""
     fields = [
         previous_mac,
         str(row.seq),
@@ -60,7 +80,7 @@ def _lock_head(session: Session, count: int) -> tuple[int, str]:
 
 @dataclass
 class _Pending:
-    row: AuditRow
+    row: _NewRow
     runtime: Runtime
     transaction: SessionTransaction | None
 
@@ -76,7 +96,7 @@ def record(
     outcome: str = "success",
     source_ip: str | None = None,
     detail: dict[str, Any] | None = None,
-) -> AuditRow:
+) -> None:
     """Append one audit row to the caller's transaction; it is written when that commits.
 
     The head row is the one lock every writer shares, so it is taken as the last statement
@@ -84,8 +104,7 @@ def record(
     the head stays locked only for that final append instead of for the whole action. A
     rollback (of the transaction, or of the savepoint the row was recorded in) drops the row.
     """
-    row = AuditRow(
-        seq=0,
+    row = _NewRow(
         at=runtime.clock.now(),
         actor=actor,
         action=action,
@@ -94,12 +113,9 @@ def record(
         outcome=outcome,
         source_ip=source_ip,
         detail=json.dumps(detail or {}, ensure_ascii=False, sort_keys=True, default=str),
-        key_id="",
-        mac="",
     )
     transaction = session.get_nested_transaction() or session.get_transaction()
     session.info.setdefault(_PENDING, []).append(_Pending(row, runtime, transaction))
-    return row
 
 
 _PENDING = "grassroots.audit.pending"
@@ -129,9 +145,8 @@ def _append_pending(session: Session) -> None:
     # the head's update, so the lock costs two round trips in all.
     values = [{name: getattr(item.row, name) for name in _COLUMNS} for item in pending]
     if session.get_bind().dialect.name == "postgresql":
-        arrays = {name: [v[name] for v in values] for name in _COLUMNS}
-        arrays["mac_"] = arrays.pop("mac")
-        session.execute(_APPEND_SQL, {**arrays, "mac": previous_mac, "head": HEAD_ID})
+        rows = json.dumps(values, ensure_ascii=False, default=_json_time)
+        session.execute(_APPEND_SQL, {"rows": rows, "mac": previous_mac, "head": HEAD_ID})
     else:
         session.execute(insert(AuditRow.__table__), values)  # type: ignore[arg-type]
         session.execute(update(AuditHead).where(AuditHead.id == HEAD_ID)
@@ -140,15 +155,19 @@ def _append_pending(session: Session) -> None:
 
 _COLUMNS = ("seq", "at", "actor", "action", "object_type", "object_id", "outcome", "source_ip",
             "detail", "key_id", "mac")
-# PostgreSQL: the rows (one array per column) and the head's new MAC in one statement.
+# PostgreSQL: the rows (one JSON document, which json.dumps writes in C) and the head's new
+# MAC in one statement.
 _APPEND_SQL = text(
-    "WITH appended AS (INSERT INTO audit_row (seq, at, actor, action, object_type, object_id, "
-    "outcome, source_ip, detail, key_id, mac) SELECT * FROM unnest(CAST(:seq AS bigint[]), "
-    "CAST(:at AS timestamptz[]), CAST(:actor AS varchar[]), CAST(:action AS varchar[]), "
-    "CAST(:object_type AS varchar[]), CAST(:object_id AS varchar[]), "
-    "CAST(:outcome AS varchar[]), CAST(:source_ip AS varchar[]), CAST(:detail AS text[]), "
-    "CAST(:key_id AS varchar[]), CAST(:mac_ AS varchar[]))) "
+    f"WITH appended AS (INSERT INTO audit_row ({', '.join(_COLUMNS)}) "
+    f"SELECT {', '.join(_COLUMNS)} FROM json_populate_recordset(NULL::audit_row, "
+    "CAST(:rows AS json))) "
     "UPDATE audit_head SET last_mac = :mac WHERE id = :head")
+
+
+def _json_time(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot write {type(value).__name__} in an audit row")
 
 
 @event.listens_for(Session, "after_soft_rollback")
