@@ -35,9 +35,10 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 async def release_request_session(request: Request) -> None:
-    """Close the session the sign-in check left for this request, if it left one, so that its
-    database connection goes back to the pool now: for a coroutine route that does without it
-    and then waits (an idle connection held per waiting request would drain the pool)."""
+    """Close the session the sign-in check left for this request, if no session dependency
+    took it over, so that its database connection goes back to the pool: after the route (the
+    auth middleware), or before a coroutine route that does without it waits (an idle
+    connection held per waiting request would drain the pool)."""
     session = getattr(request.state, REQUEST_SESSION_ATTR, None)
     if isinstance(session, Session):
         setattr(request.state, REQUEST_SESSION_ATTR, None)

@@ -33,6 +33,7 @@ from grassroots.kernel.auth.models import LoginSession, User
 from grassroots.kernel.auth.roles import ROLE_PERMISSIONS, Permission, Role
 from grassroots.kernel.errors import Conflict, NotAuthenticated, ValidationFailed
 from grassroots.kernel.i18n import LANGUAGES, negotiate, translate
+from grassroots.plumbing import release_request_session
 from grassroots.runtime import Runtime
 from grassroots.settings import Environment
 from grassroots.web.deps import (
@@ -96,10 +97,6 @@ def _user_for_bearer(runtime: Runtime, token: str) -> tuple[User | None, Session
         raise
     session.close()
     return None, None
-
-
-def _close(session: Session) -> None:
-    session.close()
 
 
 def _session_for_cookie(runtime: Runtime,
@@ -196,15 +193,6 @@ async def _bearer_user(request: Request, runtime: Runtime,
         _lookups.pop(key).set_result(None)
 
 
-async def _close_left_over(request: Request) -> None:
-    """Close the looked-up session if no session dependency took it over."""
-    state = request.state
-    left = getattr(state, REQUEST_SESSION_ATTR, None)
-    if left is not None:
-        setattr(state, REQUEST_SESSION_ATTR, None)
-        await run_in_threadpool(_close, left)
-
-
 class AuthMiddleware:
     """Loads the user from the session cookie or bearer token and enforces CSRF.
 
@@ -241,7 +229,7 @@ class AuthMiddleware:
         finally:
             # The route's session dependency takes it over and closes it; a route that
             # wanted no session leaves it here to close.
-            await _close_left_over(request)
+            await release_request_session(request)
 
 
 class _SessionAuthMiddleware(BaseHTTPMiddleware):
@@ -266,7 +254,7 @@ class _SessionAuthMiddleware(BaseHTTPMiddleware):
             try:
                 return await self._respond(request, call_next, False, explicit_language)
             finally:
-                await _close_left_over(request)
+                await release_request_session(request)
         else:
             cookie = request.cookies.get(SESSION_COOKIE)
             if cookie:
