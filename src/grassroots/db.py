@@ -122,16 +122,27 @@ def insert_in_one_statement(session: Session,
     for n, (table, rows) in enumerate(tables):
         if not rows:
             continue
-        names = ", ".join(column.name for column in table.columns if column.key in rows[0])
-        parts.append(f"INSERT INTO {table.name} ({names}) SELECT {names} FROM "
-                     f"json_populate_recordset(NULL::{table.name}, CAST(:rows{n} AS json))")
-        params[f"rows{n}"] = json.dumps(rows, ensure_ascii=False, default=_json_value)
+        columns = [column.name for column in table.columns if column.key in rows[0]]
+        parts.append(insert_from_json(table.name, columns, f"rows{n}"))
+        params[f"rows{n}"] = rows_json(rows)
     if not parts:
         return
     *before, last = parts
     with_clause = ("WITH " + ", ".join(f"w{n} AS ({part})" for n, part in enumerate(before))
                    + " ") if before else ""
     session.execute(_statement(with_clause + last), params)
+
+
+def insert_from_json(table: str, columns: Sequence[str], param: str) -> str:
+    """PostgreSQL: an INSERT of the rows in the JSON parameter `param` (see rows_json)."""
+    names = ", ".join(columns)
+    return (f"INSERT INTO {table} ({names}) SELECT {names} FROM "
+            f"json_populate_recordset(NULL::{table}, CAST(:{param} AS json))")
+
+
+def rows_json(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows of column values as one JSON text for insert_from_json (aware datetimes only)."""
+    return json.dumps(rows, ensure_ascii=False, default=_json_value)
 
 
 def _json_value(value: Any) -> Any:

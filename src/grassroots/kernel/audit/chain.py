@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import BigInteger, bindparam, event, insert, select, text, update
 from sqlalchemy.orm import Session, SessionTransaction
 
+from grassroots.db import insert_from_json, rows_json
 from grassroots.kernel.audit.models import AuditHead, AuditRow
 
 if TYPE_CHECKING:
@@ -145,8 +146,8 @@ def _append_pending(session: Session) -> None:
     # the head's update, so the lock costs two round trips in all.
     values = [{name: getattr(item.row, name) for name in _COLUMNS} for item in pending]
     if session.get_bind().dialect.name == "postgresql":
-        rows = json.dumps(values, ensure_ascii=False, default=_json_time)
-        session.execute(_APPEND_SQL, {"rows": rows, "mac": previous_mac, "head": HEAD_ID})
+        session.execute(_APPEND_SQL, {"rows": rows_json(values), "mac": previous_mac,
+                                      "head": HEAD_ID})
     else:
         session.execute(insert(AuditRow.__table__), values)  # type: ignore[arg-type]
         session.execute(update(AuditHead).where(AuditHead.id == HEAD_ID)
@@ -157,17 +158,8 @@ _COLUMNS = ("seq", "at", "actor", "action", "object_type", "object_id", "outcome
             "detail", "key_id", "mac")
 # PostgreSQL: the rows (one JSON document, which json.dumps writes in C) and the head's new
 # MAC in one statement.
-_APPEND_SQL = text(
-    f"WITH appended AS (INSERT INTO audit_row ({', '.join(_COLUMNS)}) "
-    f"SELECT {', '.join(_COLUMNS)} FROM json_populate_recordset(NULL::audit_row, "
-    "CAST(:rows AS json))) "
-    "UPDATE audit_head SET last_mac = :mac WHERE id = :head")
-
-
-def _json_time(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot write {type(value).__name__} in an audit row")
+_APPEND_SQL = text(f"WITH appended AS ({insert_from_json('audit_row', _COLUMNS, 'rows')}) "
+                   "UPDATE audit_head SET last_mac = :mac WHERE id = :head")
 
 
 @event.listens_for(Session, "after_soft_rollback")
