@@ -766,7 +766,8 @@ def intake_many(*, session: Session, runtime: Runtime, calendar: WorkingCalendar
     head, each locked from its write to COMMIT. One by one, intakes queue on those locks and pay
     a commit (a disk flush) each. A batch takes both locks once, reads the idempotency keys,
     the duplicate candidates and the on-duty people in one query each, and writes its
-    incidents, transitions, clocks, assignments and audit rows a statement per table.
+    incidents, transitions, clocks and assignments (one statement on PostgreSQL, see
+    _insert_new) and its audit rows together.
 
     The outcome of each report, in order: its IntakeResult, or the error that refused it (it
     writes nothing; the others go on), or IntakeAlone. A database error rolls the whole batch
@@ -1073,20 +1074,17 @@ def _insert_new(session: Session, incidents: list[Incident], freshes: list[_Fres
     """The incidents, then their transitions, clocks and assignments: on PostgreSQL all in one
     statement (db.insert_in_one_statement) with ids drawn first, elsewhere through the flush
     (the incidents first, for their ids)."""
-    at_once = session.get_bind().dialect.name == "postgresql"
     deadlines = [d for f in freshes for d in f.deadlines]
     assignments = [a for f in freshes for a in f.assignments]
-    if at_once:
-        _reserve_ids(session, incidents, deadlines, assignments)
-    else:
+    if session.get_bind().dialect.name != "postgresql":
         session.add_all(incidents)
         session.flush(incidents)
-    transitions = _link_to_incidents(incidents, freshes)
-    if not at_once:
-        session.execute(_INSERT_TRANSITIONS, transitions)
+        session.execute(_INSERT_TRANSITIONS, _link_to_incidents(incidents, freshes))
         session.add_all([*deadlines, *assignments])
         session.flush()
         return
+    _reserve_ids(session, incidents, deadlines, assignments)
+    transitions = _link_to_incidents(incidents, freshes)
     insert_in_one_statement(session, [
         (_table(Incident), [column_values(i) for i in incidents]),
         (_table(IncidentTransition), transitions),
@@ -2025,12 +2023,26 @@ def entry_call(*, actor: User, channel: Channel | str, category_code: str,
         return None
     return IntakeCall(
         actor=PersonActor.of(cast(Actor, actor)), channel=chosen, category_code=category_code,
-        lon=lon, lat=lat, address_text=address_text or None, address_id=address_id,
-        description=description, reporter_phone=reporter_phone or None,
-        reporter_name=reporter_name or None, attributes=attributes, urgency=urgency,
-        source_ip=source_ip, check_scope=True, scope_region_id=actor.scope_region_id,
         idempotency_key=idempotency_key or None, fingerprint=fingerprint,
-        received_at=received_at)
+        received_at=received_at, **_entry_fields(
+            actor, lon=lon, lat=lat, address_text=address_text, address_id=address_id,
+            description=description, reporter_phone=reporter_phone,
+            reporter_name=reporter_name, attributes=attributes, urgency=urgency,
+            source_ip=source_ip))
+
+
+def _entry_fields(actor: User, *, lon: float | None, lat: float | None,
+                  address_text: str | None, address_id: str | None, description: str,
+                  reporter_phone: str | None, reporter_name: str | None,
+                  attributes: Mapping[str, Any] | None, urgency: int | None,
+                  source_ip: str | None) -> dict[str, Any]:
+    """intake's keywords for a report a person enters: blanks as None, and the place checked
+    against their data scope."""
+    return {"lon": lon, "lat": lat, "address_text": address_text or None,
+            "address_id": address_id, "description": description,
+            "reporter_phone": reporter_phone or None, "reporter_name": reporter_name or None,
+            "attributes": attributes, "urgency": urgency, "source_ip": source_ip,
+            "check_scope": True, "scope_region_id": actor.scope_region_id}
 
 
 def enter_incident(*, session: Session, runtime: Runtime, actor: User, channel: Channel | str,
@@ -2054,11 +2066,10 @@ def enter_incident(*, session: Session, runtime: Runtime, actor: User, channel: 
     """
     chosen = _entry_channel(actor, channel)
     who = cast(Actor, actor)  # a User is an Actor; mypy cannot read Mapped[] columns as values
-    fields: dict[str, Any] = {
-        "lon": lon, "lat": lat, "address_text": address_text or None, "address_id": address_id,
-        "description": description, "reporter_phone": reporter_phone or None,
-        "reporter_name": reporter_name or None, "attributes": attributes, "urgency": urgency,
-        "source_ip": source_ip, "check_scope": True, "scope_region_id": actor.scope_region_id}
+    fields = _entry_fields(actor, lon=lon, lat=lat, address_text=address_text,
+                           address_id=address_id, description=description,
+                           reporter_phone=reporter_phone, reporter_name=reporter_name,
+                           attributes=attributes, urgency=urgency, source_ip=source_ip)
     if calendar is None:
         calendar, locator = intake_context(session)
     if chosen == Channel.POLICE_110:
