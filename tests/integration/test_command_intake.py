@@ -176,7 +176,7 @@ def test_nearby_reports_of_the_same_category_are_flagged_as_duplicates(
     first = report(session, runtime, area).incident
     lon, lat = offset(A_LON, A_LAT, 30)  # exposed garbage: 50 m, 4 hours
     second = report(session, runtime, area, lon=lon, lat=lat)
-    far_lon, far_lat = offset(A_LON, A_LAT, 80)
+    far_lon, far_lat = offset(A_LON, A_LAT, 90)  # 60 m from the second, 90 from the first
     far = report(session, runtime, area, lon=far_lon, lat=far_lat)
     other_category = report(session, runtime, area, category="city_env.graffiti")
 
@@ -184,6 +184,55 @@ def test_nearby_reports_of_the_same_category_are_flagged_as_duplicates(
     assert second.incident.needs_duplicate_review
     assert far.duplicate_candidates == [] and not far.incident.needs_duplicate_review
     assert other_category.duplicate_candidates == []
+
+
+def test_many_probes_in_one_query_find_what_each_finds_alone(
+        session: Session, runtime: Runtime, clock: FixedClock, area: Area) -> None:
+    """duplicate_candidates_many (one SQL text for any number of boxes on PostgreSQL, an OR of
+    boxes elsewhere) against each probe's own brute-force answer over every open incident."""
+    categories = ["city_env.exposed_garbage", "city_env.graffiti"]
+    dispatcher = make_user(session, Role.DISPATCHER)
+    made = []
+    for n in range(12):
+        lon, lat = offset(A_LON, A_LAT, 15 * n)
+        made.append(report(session, runtime, area, category=categories[n % 2], lon=lon,
+                           lat=lat).incident)
+        clock.advance(timedelta(minutes=25))
+    actions.void(session=session, runtime=runtime, actor=dispatcher, incident_id=made[4].id,
+                 reason="测试作废")
+    session.commit()
+    garbage, graffiti = (queries.get_category(session=session, code=code) for code in categories)
+    assert garbage is not None and graffiti is not None
+    probes = [queries.DuplicateProbe(category, *offset(A_LON, A_LAT, east), clock.now())
+              for category in (garbage, graffiti) for east in (0, 40, 95, 170, 400)]
+    probes.append(queries.DuplicateProbe(garbage, None, None, clock.now()))
+    everything = list(session.scalars(sa.select(Incident)))
+
+    together = queries.duplicate_candidates_many(session=session, probes=probes)
+
+    for probe, found in zip(probes, together, strict=True):
+        alone = queries.duplicate_candidates_many(session=session, probes=[probe])[0]
+        expected = sorted((d, i.id) for i in everything if i.state != IncidentState.VOIDED
+                           and (d := probe.matches(i)) is not None)
+        assert [i.id for i in found] == [i.id for i in alone] == [i for _, i in expected]
+    assert any(together) and not all(together)
+    assert made[4].id not in {i.id for found in together for i in found}
+
+
+def test_many_idempotency_keys_are_found_in_one_query_per_client(
+        session: Session, runtime: Runtime, area: Area) -> None:
+    first = report(session, runtime, area, idempotency_key="k-1", client_ref="app-a").incident
+    second = report(session, runtime, area, idempotency_key="k-2", client_ref="app-a").incident
+    other = report(session, runtime, area, idempotency_key="k-1", client_ref="app-b").incident
+    channel = first.channel
+
+    found = queries.find_by_idempotency_keys(session=session, keys=[
+        (channel, "app-a", "k-1"), (channel, "app-a", "k-2"), (channel, "app-a", "k-3"),
+        (channel, "app-b", "k-1"), (channel, "app-b", "k-2")])
+
+    assert {key: incident.id for key, incident in found.items()} == {
+        (channel, "app-a", "k-1"): first.id, (channel, "app-a", "k-2"): second.id,
+        (channel, "app-b", "k-1"): other.id}
 
 
 def test_reports_outside_the_window_are_not_duplicates(

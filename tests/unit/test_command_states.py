@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from grassroots.command.states import (
+    EARTH_RADIUS_M,
     ESCALATION_CHAINS,
     TERMINAL_STATES,
     TRANSITIONS,
@@ -260,3 +262,28 @@ def test_every_message_id_used_by_the_command_loop_has_both_translations() -> No
         catalogue = json.loads((COMMAND_SRC / "locales" / f"{language}.json")
                                .read_text(encoding="utf-8"))
         assert used - set(catalogue) == set(), language
+
+
+@pytest.mark.parametrize("lat", [0.0, 29.3, 60.0])
+@pytest.mark.parametrize("radius", [20, 50, 300])
+def test_a_duplicate_probe_box_holds_every_point_within_the_radius(lat: float,
+                                                                  radius: int) -> None:
+    """The box narrows the database scan; the haversine distance decides. A point just inside
+    the radius, due east, north, south or west, must fall inside the box."""
+    from grassroots.command.models import IncidentCategory
+    from grassroots.command.queries import DuplicateProbe
+
+    category = IncidentCategory(id=1, duplicate_radius_m=radius, duplicate_window_min=60)
+    probe = DuplicateProbe(category, 106.0, lat, datetime(2026, 3, 10, tzinfo=UTC))
+    assert probe.box is not None
+    _since, lon_lo, lon_hi, lat_lo, lat_hi = probe.box
+    inside = radius - 0.001
+    angle = inside / EARTH_RADIUS_M
+    dlon = math.degrees(2 * math.asin(math.sin(angle / 2) / math.cos(math.radians(lat))))
+    dlat = math.degrees(angle)
+    for lon, at_lat in ((106.0 + dlon, lat), (106.0 - dlon, lat), (106.0, lat + dlat),
+                        (106.0, lat - dlat)):
+        assert haversine_m(106.0, lat, lon, at_lat) <= radius
+        assert lon_lo <= lon <= lon_hi and lat_lo <= at_lat <= lat_hi
+    # and the box is not much bigger than the circle
+    assert lat_hi - lat < math.degrees(radius / EARTH_RADIUS_M) * 1.001

@@ -88,12 +88,16 @@ class Incident(Base):
         # A retried submission with the same key from the same client finds the first one.
         UniqueConstraint("channel", "client_ref", "idempotency_key",
                          name="uq_incident_idempotency"),
-        Index("ix_incident_category_received", "category_id", "received_at"),
+        # Duplicate probes (queries.duplicate_candidates_many) scan a category's time window
+        # for a lon/lat box: with lon and lat in the index, the box is checked on the index
+        # entries and only the incidents inside it are read from the table. It serves
+        # category (and category + time) lookups too, so category_id has no index of its own.
+        Index("ix_incident_duplicate_probe", "category_id", "received_at", "lon", "lat"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     number: Mapped[str] = mapped_column(String(32), unique=True)  # SF20260310-000123
-    category_id: Mapped[int] = mapped_column(ForeignKey("incident_category.id"), index=True)
+    category_id: Mapped[int] = mapped_column(ForeignKey("incident_category.id"))
     channel: Mapped[Channel] = mapped_column(_enum(Channel, 20))
     client_ref: Mapped[str] = mapped_column(String(120))  # who submitted: user or API client
     external_ref: Mapped[str | None] = mapped_column(String(120), index=True)
