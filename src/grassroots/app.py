@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from grassroots import __version__
+from grassroots.command.api_fast import IntakeFastPath
 from grassroots.command.intake_writer import IntakeWriter
 from grassroots.command.open311.api import install_open311_error_handling
 from grassroots.runtime import Runtime
@@ -38,6 +39,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     static_dir = Path(str(resources.files("grassroots.web"))) / "static"
     app.mount("/static", StaticFiles(directory=static_dir), name="static")
     install_error_handlers(app)
+    # Added before the auth middleware, so it runs inside it: it needs the signed-in user.
+    app.add_middleware(IntakeFastPath)
     install_auth(app)
     install_open311_error_handling(app)
     _include_routers(app)

@@ -15,10 +15,19 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from grassroots.command import actions
-from grassroots.command.models import DutyShift, ResponderStatus
+from grassroots.command.models import (
+    Assignment,
+    Deadline,
+    DutyShift,
+    Incident,
+    IncidentNumberCounter,
+    IncidentTransition,
+    ResponderStatus,
+)
 from grassroots.command.states import Actor, ResponderState, SystemActor, UnitType
 from grassroots.kernel.auth.models import User
 from grassroots.kernel.auth.roles import Role
@@ -170,3 +179,12 @@ def report(session: Session, runtime: Runtime, area: Area, *,
 def offset(lon: float, lat: float, east_m: float) -> tuple[float, float]:
     """A point `east_m` metres east of (lon, lat)."""
     return lon + east_m / (111_320.0 * math.cos(math.radians(lat))), lat
+
+
+def start_over(session: Session) -> None:
+    """Forget the incidents (not the audit trail) and free everyone, so that the same reports
+    can be taken again from the same start."""
+    for model in (IncidentTransition, Deadline, Assignment, Incident, IncidentNumberCounter):
+        session.execute(sa.delete(model))
+    session.execute(sa.update(ResponderStatus).values(state=ResponderState.AVAILABLE))
+    session.commit()

@@ -25,6 +25,7 @@ from tests.integration.command_support import (
     make_user,
     offset,
     put_on_duty,
+    start_over,
 )
 
 from grassroots.command import actions
@@ -35,14 +36,13 @@ from grassroots.command.models import (
     Incident,
     IncidentNumberCounter,
     IncidentTransition,
-    ResponderStatus,
 )
-from grassroots.command.states import DeadlineKind, IncidentState, ResponderState
+from grassroots.command.states import DeadlineKind, IncidentState
 from grassroots.db import column_values
 from grassroots.kernel.audit.chain import verify_chain
 from grassroots.kernel.audit.models import AuditRow
 from grassroots.kernel.auth.roles import Role
-from grassroots.kernel.clock import FixedClock
+from grassroots.kernel.clock import FixedClock, to_display
 from grassroots.kernel.errors import ValidationFailed
 from grassroots.runtime import Runtime
 
@@ -104,14 +104,6 @@ def _signature(session: Session, incident_ids: list[int],
     return out
 
 
-def _start_over(session: Session) -> None:
-    """Forget the incidents (not the audit trail) and free everyone, for a second run."""
-    for model in (IncidentTransition, Deadline, Assignment, Incident, IncidentNumberCounter):
-        session.execute(sa.delete(model))
-    session.execute(sa.update(ResponderStatus).values(state=ResponderState.AVAILABLE))
-    session.commit()
-
-
 def test_a_batch_writes_what_the_same_reports_write_one_by_one(
         session: Session, runtime: Runtime, clock: FixedClock, area: Area) -> None:
     now = clock.now()
@@ -126,7 +118,7 @@ def test_a_batch_writes_what_the_same_reports_write_one_by_one(
         "ValidationFailed", "IntakeAlone"]
     made = [o for o in batch if isinstance(o, actions.IntakeResult)]
     in_batch = _signature(session, [r.incident.id for r in made])
-    _start_over(session)
+    start_over(session)
     audited = session.scalar(sa.select(sa.func.max(AuditRow.seq))) or 0
 
     alone: list[actions.IntakeResult] = []
@@ -145,6 +137,37 @@ def test_a_batch_writes_what_the_same_reports_write_one_by_one(
     assert len({u for r in made for u in r.assigned_user_ids}) == 3
     assert made[0].reporter_phone == "13800138000"
     assert verify_chain(session=session, runtime=runtime).ok
+
+
+def test_a_batch_spanning_two_days_numbers_each_day_from_its_own_counter(
+        session: Session, runtime: Runtime, clock: FixedClock, area: Area) -> None:
+    """Numbers run per day (Beijing time): a batch holding reports received before and after
+    midnight bumps both days' counters, each by its own count, in the order received."""
+    clock.set(clock.now().replace(hour=16, minute=10))  # 00:10 the next day in Beijing
+    today = clock.now()
+    yesterday = today - timedelta(minutes=20)  # 23:50 in Beijing
+    earlier = actions.intake_one(session=session, runtime=runtime, calendar=CALENDAR,
+                                 locator=area.locate, call=actions.IntakeCall(
+                                     actor=ADMIN, channel="grid_worker", category_code=GARBAGE,
+                                     lon=A_LON, lat=A_LAT, received_at=yesterday))
+
+    def call(received: Any) -> actions.IntakeCall:
+        return actions.IntakeCall(actor=ADMIN, channel="grid_worker", category_code=GARBAGE,
+                                  lon=B_LON, lat=B_LAT, received_at=received)
+
+    batch = actions.intake_many(session=session, runtime=runtime, calendar=CALENDAR,
+                                locator=area.locate,
+                                calls=[call(today), call(yesterday), call(today)])
+
+    numbers = [o.incident.number for o in batch if isinstance(o, actions.IntakeResult)]
+    day_before = to_display(yesterday).strftime("%Y%m%d")
+    day = to_display(today).strftime("%Y%m%d")
+    assert earlier.incident.number.endswith(f"{day_before}-000001")
+    assert [n[-15:] for n in numbers] == [f"{day}-000001", f"{day_before}-000002",
+                                          f"{day}-000002"]
+    counters = dict(session.execute(sa.select(IncidentNumberCounter.day,
+                                              IncidentNumberCounter.last)).all())
+    assert counters == {day_before: 2, day: 2}
 
 
 def test_a_key_repeated_in_the_batch_is_taken_after_it(

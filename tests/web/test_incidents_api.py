@@ -19,6 +19,7 @@ from tests.integration.command_support import (
     B_LON,
     offset,
     report,
+    start_over,
 )
 from tests.web.dispatcher_support import Street, bearer, garbage, make_street, with_command_routes
 
@@ -103,6 +104,53 @@ def test_posting_an_incident_dispatches_it_to_its_zones_on_duty_responder_in_the
     assert body["channel"] == "api"
     assert in_b.json()["zone"]["id"] == street.area.zone_b.id
     assert [r["user_id"] for r in in_b.json()["responders"]] == [street.responder_b.id]
+
+
+def _without_the_report_route(app: FastAPI) -> FastAPI:
+    app.router.routes[:] = [route for route in app.router.routes
+                            if not (getattr(route, "path", None) == "/api/v1/incidents"
+                                    and "POST" in getattr(route, "methods", ()))]
+    return app
+
+
+def test_the_usual_report_is_taken_before_the_router_and_anything_else_goes_on_to_it(
+        app: FastAPI, session: Session, street: Street, auth: Headers) -> None:
+    """command.api_fast takes a token user's valid report itself; what it hands on (here an
+    unknown category) reaches the router, which no longer has the route: 405, nothing kept."""
+    client = TestClient(_without_the_report_route(app))
+
+    taken = _post(client, auth(street.dispatcher), garbage(), key="fast-1")
+    handed_on = _post(client, auth(street.dispatcher),
+                      garbage(category_code="no.such_category"), key="fast-2")
+
+    assert taken.status_code == 201, taken.text
+    assert taken.json()["state"] == "dispatched"
+    assert [r["user_id"] for r in taken.json()["responders"]] == [street.responder_a.id]
+    assert handed_on.status_code == 405
+    assert _count(session, Incident) == 1
+
+
+def test_the_fast_path_answers_a_report_exactly_as_the_route_does(
+        client: TestClient, session: Session, street: Street, auth: Headers) -> None:
+    """The same report, taken before the router and then (after starting over) by the route
+    itself (a query string sends it there): the same answer, but for the rows' ids."""
+    fast = _post(client, auth(street.dispatcher), garbage(), key="same-1")
+    start_over(session)
+    routed = client.post("/api/v1/incidents?via=route", json=garbage(),
+                         headers=auth(street.dispatcher) | {"Idempotency-Key": "same-1"})
+
+    assert fast.status_code == routed.status_code == 201, routed.text
+    assert fast.headers["content-type"] == routed.headers["content-type"]
+    assert _without_row_ids(fast.json()) == _without_row_ids(routed.json())
+
+
+def _without_row_ids(value: Any) -> Any:
+    """The answer without "id" keys (the incident's, its clocks', its assignments')."""
+    if isinstance(value, dict):
+        return {k: _without_row_ids(v) for k, v in value.items() if k != "id"}
+    if isinstance(value, list):
+        return [_without_row_ids(v) for v in value]
+    return value
 
 
 def test_the_reporter_phone_and_name_are_masked_in_every_answer(

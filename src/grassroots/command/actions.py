@@ -599,34 +599,33 @@ def _channel(channel: Channel | str) -> Channel:
 
 
 def _bump_counter(session: Session, day: str, count: int) -> int:
-    """Reserve `count` of the day's numbers; the last one. The upsert's row lock orders intakes."""
-    return int(session.execute(_bump_statement(session.get_bind().dialect.name),
-                               {"day": day, "count": count}).scalar_one())
+    """Reserve `count` of the day's numbers; the last one. The upsert's row lock orders intakes.
+    (SQLite; on PostgreSQL _number_and_reserve_ids bumps every day of a batch at once.)"""
+    return int(session.execute(_bump_statement(), {"day": day, "count": count}).scalar_one())
 
 
 @functools.cache
-def _bump_statement(dialect: str) -> Any:
+def _bump_statement() -> Any:
     table = IncidentNumberCounter
-    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return (dialect_insert(table).values(day=bindparam("day"), last=bindparam("count"))
+    return (sqlite.insert(table).values(day=bindparam("day"), last=bindparam("count"))
             .on_conflict_do_update(index_elements=[table.day],
                                    set_={"last": table.last + bindparam("count")})
             .returning(table.last))
 
 
-def _number_incidents(session: Session, incidents: Sequence[Incident]) -> None:
-    """Give the new incidents (not yet written) their day's next public numbers, in order.
-
-    One counter bump per day for the whole batch. The counter row is the one lock every intake
-    shares, held from here to COMMIT; a batch takes it once, just before its INSERTs, so the
-    numbers go in with the rows and need no UPDATE after.
-    """
+def _by_day(incidents: Sequence[Incident]) -> dict[str, list[Incident]]:
+    """The new incidents by the day (Beijing time) their numbers belong to, in order."""
     by_day: dict[str, list[Incident]] = {}
     for incident in incidents:
         by_day.setdefault(to_display(incident.received_at).strftime("%Y%m%d"), []).append(
             incident)
+    return by_day
+
+
+def _give_numbers(by_day: Mapping[str, list[Incident]], lasts: Mapping[str, int]) -> None:
+    """Each day's incidents get the numbers up to that day's counter, in order."""
     for day, group in by_day.items():
-        first = _bump_counter(session, day, len(group)) - len(group) + 1
+        first = lasts[day] - len(group) + 1
         for offset, incident in enumerate(group):
             incident.number = format_number(day, first + offset)
 
@@ -886,7 +885,6 @@ def _take_in(session: Session, runtime: Runtime, calendar: WorkingCalendar,
     freshes: list[_Fresh] = []
     for report, incident, people in zip(batch, incidents, sent, strict=True):
         freshes.append(_first_steps(session, runtime, report, incident, calendar, people))
-    _number_incidents(session, incidents)
     _insert_new(session, incidents, freshes)
     results = []
     for report, incident, fresh, found, people in zip(batch, incidents, freshes, duplicates,
@@ -1071,19 +1069,29 @@ def _first_steps(session: Session, runtime: Runtime, report: _Checked, incident:
 
 
 def _insert_new(session: Session, incidents: list[Incident], freshes: list[_Fresh]) -> None:
-    """The incidents, then their transitions, clocks and assignments: on PostgreSQL all in one
-    statement (db.insert_in_one_statement) with ids drawn first, elsewhere through the flush
-    (the incidents first, for their ids)."""
+    """Number the incidents, then write them with their transitions, clocks and assignments.
+
+    The day's number counter is the one row every intake shares, locked from its bump to
+    COMMIT: a batch bumps it once per day, just before its INSERTs, so the numbers go in with
+    the rows and need no UPDATE after. On PostgreSQL the bump and the drawing of the rows' ids
+    are one round trip and the rows one statement (db.insert_in_one_statement); elsewhere the
+    counter is bumped per day and the rows go in through the flush (the incidents first, for
+    their ids).
+    """
     deadlines = [d for f in freshes for d in f.deadlines]
     assignments = [a for f in freshes for a in f.assignments]
+    by_day = _by_day(incidents)
     if session.get_bind().dialect.name != "postgresql":
+        _give_numbers(by_day, {day: _bump_counter(session, day, len(group))
+                               for day, group in by_day.items()})
         session.add_all(incidents)
         session.flush(incidents)
         session.execute(_INSERT_TRANSITIONS, _link_to_incidents(incidents, freshes))
         session.add_all([*deadlines, *assignments])
         session.flush()
         return
-    _reserve_ids(session, incidents, deadlines, assignments)
+    _give_numbers(by_day, _number_and_reserve_ids(session, by_day, incidents, deadlines,
+                                                  assignments))
     transitions = _link_to_incidents(incidents, freshes)
     insert_in_one_statement(session, [
         (_table(Incident), [column_values(i) for i in incidents]),
@@ -1111,25 +1119,35 @@ def _table(model: type[Any]) -> Table:
     return cast(Table, model.__table__)
 
 
-# PostgreSQL: the next ids of the three sequences, in one round trip.
-_RESERVE_IDS = text(", ".join(
-    f"(SELECT array_agg(nextval(pg_get_serial_sequence('{table}', 'id'))) "
-    f"FROM generate_series(1, :{table}))" for table in (
-        Incident.__tablename__, Deadline.__tablename__, Assignment.__tablename__)).join(
-    ("SELECT ", "")))
+# PostgreSQL, in one round trip: each day's counter bumped by its count (the days sorted, so
+# two batches lock them in the same order), the counters as {day: last}, and the next ids of
+# the three sequences.
+_NUMBER_AND_RESERVE_IDS = text(
+    "WITH bumped AS (INSERT INTO incident_number_counter (day, last) "
+    "SELECT day, n FROM unnest(CAST(:days AS varchar[]), CAST(:counts AS integer[])) "
+    "AS t(day, n) ON CONFLICT (day) DO UPDATE SET last = incident_number_counter.last + "
+    "excluded.last RETURNING day, last) "
+    "SELECT (SELECT json_object_agg(day, last) FROM bumped), " + ", ".join(
+        f"(SELECT array_agg(nextval(pg_get_serial_sequence('{table}', 'id'))) "
+        f"FROM generate_series(1, :{table}))" for table in (
+            Incident.__tablename__, Deadline.__tablename__, Assignment.__tablename__)))
 
 
-def _reserve_ids(session: Session, incidents: list[Incident], deadlines: list[Deadline],
-                 assignments: list[Assignment]) -> None:
-    """Give the new rows their ids from the sequences before they are written, so that the
-    incidents and the rows pointing at them can go in as one statement, with nothing to read
-    back."""
-    row = session.execute(_RESERVE_IDS, {
+def _number_and_reserve_ids(session: Session, by_day: Mapping[str, list[Incident]],
+                            incidents: list[Incident], deadlines: list[Deadline],
+                            assignments: list[Assignment]) -> dict[str, int]:
+    """Bump the days' counters and give the new rows their ids from the sequences before they
+    are written, so that the incidents and the rows pointing at them can go in as one
+    statement, with nothing to read back. Each day's last number."""
+    days = sorted(by_day)
+    row = session.execute(_NUMBER_AND_RESERVE_IDS, {
+        "days": days, "counts": [len(by_day[day]) for day in days],
         Incident.__tablename__: len(incidents), Deadline.__tablename__: len(deadlines),
         Assignment.__tablename__: len(assignments)}).one()
-    _set_ids(incidents, row[0])
-    _set_ids(deadlines, row[1])
-    _set_ids(assignments, row[2])
+    _set_ids(incidents, row[1])
+    _set_ids(deadlines, row[2])
+    _set_ids(assignments, row[3])
+    return {day: int(last) for day, last in row[0].items()}
 
 
 def _set_ids(objects: Sequence[Any], ids: list[int] | None) -> None:

@@ -124,17 +124,10 @@ async def create_incident(
     """
     # A coroutine, so that a report waiting for its batch (command.intake_writer) holds no
     # thread and no database connection: the event loop serves the others meanwhile. Its
-    # receipt is stamped now, so its clocks count the wait for the batch too.
+    # receipt is stamped now, so its clocks count the wait for the batch too. (The usual
+    # report is taken before it gets here, by command.api_fast, with these same helpers.)
     await release_request_session(request)
-    lon, lat = to_wgs84(body.lon, body.lat, body.crs)
-    entry: dict[str, Any] = {
-        "actor": user, "channel": body.channel, "category_code": body.category_code,
-        "lon": lon, "lat": lat, "address_text": body.address_text, "address_id": body.address_id,
-        "description": body.description, "reporter_phone": body.reporter_phone,
-        "reporter_name": body.reporter_name, "attributes": body.attributes,
-        "urgency": body.urgency, "idempotency_key": idempotency_key,
-        "fingerprint": actions.request_fingerprint(body.model_dump(mode="json")),
-        "source_ip": ip}
+    entry = report_entry(body, user, ip, idempotency_key)
     call = actions.entry_call(**entry, received_at=runtime.clock.now())
     if call is None:  # a 110 hand-over, keyed by its reference: taken in a session of its own
         return await run_in_threadpool(_enter_here, runtime, language, response, entry,
@@ -142,17 +135,38 @@ async def create_incident(
     result = await writer.submit_async(call)
     if not result.created:
         response.status_code = 200
-    if result.created and result.region_names is not None and result.category is not None:
-        # The incident this request just wrote and committed is known as it stands, with its
-        # assignments and clocks, and incident_scope lets everyone see what they reported: the
-        # answer is built from what the intake knows, with no re-read and no scope lookup.
-        # Built from checked values, so written out as it stands: FastAPI would validate the
-        # whole answer once more against IncidentCreated before writing it.
-        created = _created(IncidentOut.of(_fresh_view(runtime, result, result.region_names),
-                                          language), result)
-        return Response(created.model_dump_json(), status_code=201,
-                        media_type="application/json")
-    return await run_in_threadpool(_answer, runtime, language, user, result)
+    answer = created_answer(runtime, language, result)
+    if answer is not None:
+        return Response(answer, status_code=201, media_type="application/json")
+    return await run_in_threadpool(answer_from_database, runtime, language, user, result)
+
+
+def report_entry(body: IncidentIn, user: User, ip: str | None,
+                 idempotency_key: str | None) -> dict[str, Any]:
+    """actions.entry_call's (and enter_incident's) keywords for a report posted to the API."""
+    lon, lat = to_wgs84(body.lon, body.lat, body.crs)
+    return {
+        "actor": user, "channel": body.channel, "category_code": body.category_code,
+        "lon": lon, "lat": lat, "address_text": body.address_text, "address_id": body.address_id,
+        "description": body.description, "reporter_phone": body.reporter_phone,
+        "reporter_name": body.reporter_name, "attributes": body.attributes,
+        "urgency": body.urgency, "idempotency_key": idempotency_key,
+        "fingerprint": actions.request_fingerprint(body.model_dump(mode="json")),
+        "source_ip": ip}
+
+
+def created_answer(runtime: Runtime, language: str, result: actions.IntakeResult) -> bytes | None:
+    """The 201 answer's JSON for an incident this request just created, built from what the
+    intake knows; None when the answer needs the database (see answer_from_database)."""
+    if not (result.created and result.region_names is not None and result.category is not None):
+        return None
+    # The incident this request just wrote and committed is known as it stands, with its
+    # assignments and clocks, and incident_scope lets everyone see what they reported: the
+    # answer is built from what the intake knows, with no re-read and no scope lookup. Built
+    # from checked values, so written out as it stands: FastAPI would validate the whole
+    # answer once more against IncidentCreated before writing it.
+    out = IncidentOut.of(_fresh_view(runtime, result, result.region_names), language)
+    return _created(out, result).model_dump_json().encode()
 
 
 def _created(out: IncidentOut, result: actions.IntakeResult) -> IncidentCreated:
@@ -162,7 +176,7 @@ def _created(out: IncidentOut, result: actions.IntakeResult) -> IncidentCreated:
         duplicate_candidates=[d.number for d in result.duplicate_candidates])
 
 
-def _answer(runtime: Runtime, language: str, user: User,
+def answer_from_database(runtime: Runtime, language: str, user: User,
             result: actions.IntakeResult) -> IncidentCreated:
     """The answer with what it needs read from the database: a retry's first incident, or the
     region names of a new one the cached index could not name."""
@@ -186,7 +200,7 @@ def _enter_here(runtime: Runtime, language: str, response: Response, entry: dict
                                         locator=None, police_ref=police_ref, **entry)
     if not result.created:
         response.status_code = 200
-    return _answer(runtime, language, entry["actor"], result)
+    return answer_from_database(runtime, language, entry["actor"], result)
 
 
 @router.get("/incidents", response_model=IncidentPage)

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -93,6 +94,11 @@ class Incident(Base):
         # entries and only the incidents inside it are read from the table. It serves
         # category (and category + time) lookups too, so category_id has no index of its own.
         Index("ix_incident_duplicate_probe", "category_id", "received_at", "lon", "lat"),
+        # Columns most incidents leave empty are indexed only where set, so an intake writes
+        # no index entry for them (lookups by value imply NOT NULL and use these).
+        *(Index(f"ix_incident_{name}", name, postgresql_where=text(f"{name} IS NOT NULL"),
+                sqlite_where=text(f"{name} IS NOT NULL"))
+          for name in ("external_ref", "police_ref", "duplicate_of_id")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -100,7 +106,7 @@ class Incident(Base):
     category_id: Mapped[int] = mapped_column(ForeignKey("incident_category.id"))
     channel: Mapped[Channel] = mapped_column(_enum(Channel, 20))
     client_ref: Mapped[str] = mapped_column(String(120))  # who submitted: user or API client
-    external_ref: Mapped[str | None] = mapped_column(String(120), index=True)
+    external_ref: Mapped[str | None] = mapped_column(String(120))
     idempotency_key: Mapped[str | None] = mapped_column(String(120))
     title: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text, default="")
@@ -122,7 +128,7 @@ class Incident(Base):
     reporter_name_enc: Mapped[str | None] = mapped_column(String(300))  # SM4-GCM
     reporter_phone_enc: Mapped[str | None] = mapped_column(String(300))  # SM4-GCM
     reporter_phone_index: Mapped[str | None] = mapped_column(String(64), index=True)  # HMAC-SM3
-    duplicate_of_id: Mapped[int | None] = mapped_column(ForeignKey("incident.id"), index=True)
+    duplicate_of_id: Mapped[int | None] = mapped_column(ForeignKey("incident.id"))
     needs_duplicate_review: Mapped[bool] = mapped_column(Boolean, default=False)
     extension_days: Mapped[int] = mapped_column(Integer, default=0)
     satisfied: Mapped[bool | None] = mapped_column(Boolean)  # the callback's answer
@@ -137,7 +143,7 @@ class Incident(Base):
     # A hash of the submitted payload, so a reused idempotency key with other content is refused.
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     # The reference 110's desk gave when the centre transferred this police matter to them.
-    police_ref: Mapped[str | None] = mapped_column(String(60), index=True)
+    police_ref: Mapped[str | None] = mapped_column(String(60))
 
 
 class IncidentTransition(Base):
@@ -208,7 +214,7 @@ class Deadline(Base):
     reinforcement_request_id: Mapped[int | None] = mapped_column(
         ForeignKey("reinforcement_request.id"))
     starts_at: Mapped[datetime]
-    due_at: Mapped[datetime] = mapped_column(index=True)
+    due_at: Mapped[datetime]  # looked up with state (the indexes above), never alone
     warn_at: Mapped[datetime]
     level: Mapped[DeadlineLevel] = mapped_column(_enum(DeadlineLevel, 20),
                                                  default=DeadlineLevel.NONE)
