@@ -26,7 +26,13 @@ from tests.integration.command_support import (
 
 import grassroots.command.models  # noqa: F401  (registers the tables before create_all)
 from grassroots.command import actions, queries
-from grassroots.command.models import Assignment, Deadline, Incident, IncidentTransition
+from grassroots.command.models import (
+    Assignment,
+    Deadline,
+    Incident,
+    IncidentTransition,
+    ResponderStatus,
+)
 from grassroots.command.states import (
     DeadlineKind,
     DeadlineState,
@@ -169,6 +175,32 @@ def _none_once(real: Callable[..., Incident | None]) -> Callable[..., Incident |
         return None if calls["n"] == 1 else real(**kwargs)
 
     return fake
+
+
+def test_responders_another_intake_is_claiming_are_passed_over_for_the_next_nearest(
+        session: Session, runtime: Runtime, clock: FixedClock, area: Area) -> None:
+    """PostgreSQL: while another transaction holds the six nearest (claiming them, not yet
+    committed), an intake skips them (SKIP LOCKED) round after round and sends the seventh,
+    instead of waiting for that transaction or leaving the report undispatched."""
+    if session.get_bind().dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time: no claim is ever held by another")
+    now = clock.now()
+    people = [make_user(session, Role.ZONE_RESPONDER) for _ in range(7)]
+    for n, person in enumerate(people):
+        put_on_duty(session, person, area.zone_a, now, position=offset(A_LON, A_LAT, 10 + 10 * n))
+    other = runtime.session_factory()
+    try:
+        held = other.scalars(sa.select(ResponderStatus.user_id).where(
+            ResponderStatus.user_id.in_([p.id for p in people[:6]])).with_for_update()).all()
+        assert len(held) == 6
+
+        result = report(session, runtime, area)
+    finally:
+        other.rollback()
+        other.close()
+
+    assert result.incident.state == IncidentState.DISPATCHED
+    assert result.assigned_user_ids == [people[6].id]
 
 
 def test_nearby_reports_of_the_same_category_are_flagged_as_duplicates(

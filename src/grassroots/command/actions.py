@@ -956,7 +956,11 @@ def _new_incident(runtime: Runtime, report: _Checked, has_duplicates: bool) -> I
 
 
 _People = list[tuple[int, float | None]]
-_CLAIM_ROUNDS = 4
+# Each round a report whose pick was taken (or is being claimed by another batch right now,
+# SKIP LOCKED) picks its next nearest. Two busy writers can hold several people of one zone at
+# once: with 4 rounds, 1.5 % of the bench's reports were left undispatched while people were
+# free; 8 leaves none, and rounds past the first happen only on such a clash.
+_CLAIM_ROUNDS = 8
 
 
 def _claim_for(session: Session, batch: list[_Checked], incidents: list[Incident],
