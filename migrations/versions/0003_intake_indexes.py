@@ -1,5 +1,5 @@
 """intake indexes: the duplicate probe's (category, received, lon, lat); sparse incident columns
-indexed only where set; no deadline index on due_at alone
+indexed only where set; no deadline index on due_at alone; who read a notice
 
 Revision ID: 0003
 Revises: 0002
@@ -35,12 +35,16 @@ def upgrade() -> None:
     # Deadlines are looked up by state and time (ix_deadline_state_due/_warn), never by time alone.
     with op.batch_alter_table('deadline', schema=None) as batch_op:
         batch_op.drop_index('ix_deadline_due_at')
+    with op.batch_alter_table('incident_notice', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('read_by', sa.String(length=80), nullable=True))
 
 
 _SPARSE = ('external_ref', 'police_ref', 'duplicate_of_id')
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('incident_notice', schema=None) as batch_op:
+        batch_op.drop_column('read_by')
     with op.batch_alter_table('deadline', schema=None) as batch_op:
         batch_op.create_index('ix_deadline_due_at', ['due_at'], unique=False)
     with op.batch_alter_table('incident', schema=None) as batch_op:

@@ -1710,6 +1710,31 @@ def notify(*, session: Session, incident: Incident, deadline_id: int | None, lev
     return notices
 
 
+def mark_notices_read(*, session: Session, runtime: Runtime, actor: User,
+                      notice_ids: Sequence[int] | None, source_ip: str | None = None) -> int:
+    """Mark notices read (已阅): these ids, or every unread one when notice_ids is None. Only
+    notices the actor may see are touched (queries.notices_for); the others are left as they
+    are, as if not there. How many were marked; nothing is written when none were."""
+    person = cast(Actor, actor)
+    _require(person, Permission.INCIDENTS_READ)
+    with _atomic(session):
+        now = runtime.clock.now()
+        wanted = select(Notice.id).where(
+            Notice.id.in_(queries.notice_ids_for(session=session, user=actor)),
+            Notice.read_at.is_(None))
+        if notice_ids is not None:
+            wanted = wanted.where(Notice.id.in_(sorted(set(notice_ids))))
+        ids = list(session.scalars(wanted))
+        if not ids:
+            return 0
+        session.execute(update(Notice).where(Notice.id.in_(ids), Notice.read_at.is_(None))
+                        .values(read_at=now, read_by=actor.username)
+                        .execution_options(synchronize_session=False))
+        _audit(session, runtime, person, "notices.read", "notice",
+               ids[0] if len(ids) == 1 else "many", source_ip, {"notice_ids": ids})
+    return len(ids)
+
+
 # --- rosters -----------------------------------------------------------------------------------
 
 

@@ -241,7 +241,9 @@ class Notice(Base):
     message_id: Mapped[str] = mapped_column(String(120))
     params: Mapped[str] = mapped_column(Text, default="{}")
     at: Mapped[datetime] = mapped_column(index=True)
+    # Read by one is read for all it went to (a role's notice is acknowledged once, by whom).
     read_at: Mapped[datetime | None]
+    read_by: Mapped[str | None] = mapped_column(String(80))
 
 
 class DutyShift(Base):

@@ -221,15 +221,20 @@ def notices_of(*, session: Session, incident_id: int) -> list[Notice]:
 
 def notices_for(*, session: Session, user: User, unread_only: bool = True,
                 limit: int = 100) -> list[Notice]:
-    """Notices addressed to the user, or to their role within their data scope."""
-    scope = scope_path(session, user)
-    stmt = (select(Notice).join(Incident, Incident.id == Notice.incident_id)
-            .where(or_(Notice.to_user_id == user.id,
-                       (Notice.to_role == user.role)
-                       & scope_clause(scope, Incident.region_path))))
+    """Notices addressed to the user, or to their role within their data scope; newest first."""
+    stmt = select(Notice).where(Notice.id.in_(notice_ids_for(session=session, user=user)))
     if unread_only:
         stmt = stmt.where(Notice.read_at.is_(None))
     return list(session.scalars(stmt.order_by(Notice.at.desc(), Notice.id.desc()).limit(limit)))
+
+
+def notice_ids_for(*, session: Session, user: User) -> Select[tuple[int]]:
+    """The ids of the notices the user may see (see notices_for), as a subquery."""
+    scope = scope_path(session, user)
+    return (select(Notice.id).join(Incident, Incident.id == Notice.incident_id)
+            .where(or_(Notice.to_user_id == user.id,
+                       (Notice.to_role == user.role)
+                       & scope_clause(scope, Incident.region_path))))
 
 
 def duplicate_candidates(*, session: Session, category: IncidentCategory, lon: float | None,

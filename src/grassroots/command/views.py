@@ -490,6 +490,36 @@ async def entry_submit(request: Request, user: Dispatcher, session: SessionDep,
 # --- the roster ------------------------------------------------------------------------------
 
 
+@router.get("/command/notices", response_class=HTMLResponse)
+def notices_page(request: Request, user: Reader, session: SessionDep, language: LanguageDep,
+                 show: Annotated[str, Query(pattern="^(unread|all)$")] = "unread",
+                 marked: Annotated[int | None, Query(ge=0)] = None) -> Response:
+    """The user's warnings, reminders and supervision notices (催办/督办), newest first: those
+    addressed to them by name, and to their role within their data scope."""
+    notices = queries.notices_for(session=session, user=user, unread_only=show == "unread",
+                                  limit=NOTICES_SHOWN)
+    numbers = dict(session.execute(select(Incident.id, Incident.number).where(
+        Incident.id.in_({n.incident_id for n in notices}))).tuples().all()) if notices else {}
+    return render(request, "command/notices.html", user=user, notices=notices,
+                  numbers=numbers, show=show, marked=marked,
+                  notice_text=lambda n: notice_text(n, language))
+
+
+NOTICES_SHOWN = 200
+
+
+@router.post("/command/notices/read")
+def mark_notices_read(request: Request, user: Reader, session: SessionDep, runtime: RuntimeDep,
+                      ip: ClientIp, notice_id: Annotated[str, Form(max_length=20)] = "",
+                      show: Annotated[str, Form(pattern="^(unread|all)$")] = "unread"
+                      ) -> Response:
+    """已阅: one notice (notice_id), or every unread one (no notice_id); back to the list."""
+    one = _optional_int(notice_id, "notice_id")
+    count = actions.mark_notices_read(session=session, runtime=runtime, actor=user,
+                                      notice_ids=None if one is None else [one], source_ip=ip)
+    return RedirectResponse(f"/command/notices?show={show}&marked={count}", status_code=303)
+
+
 @router.get("/command/duty", response_class=HTMLResponse)
 def duty_page(request: Request, user: Reader, session: SessionDep, runtime: RuntimeDep,
               language: LanguageDep) -> Response:
