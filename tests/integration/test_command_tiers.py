@@ -175,7 +175,7 @@ def test_the_levels_climb_to_the_district_and_stop_there(
     escalated = [n for n in session.scalars(sa.select(Notice).where(
         Notice.incident_id == incident.id, Notice.level == NoticeLevel.ESCALATION))]
     assert [(n.audience, n.to_role) for n in escalated] == [
-        (Audience.ZONE_LEADER, Role.ZONE_RESPONDER),
+        (Audience.ZONE_LEADER, Role.ZONE_LEADER),
         (Audience.COMMAND_CENTRE, Role.DISPATCHER),
         (Audience.DISTRICT, Role.DISTRICT_DEPARTMENT)]
 

@@ -92,6 +92,7 @@ class Street:
     grid_worker_b: User
     viewer_a: User
     leader_a: User
+    zone_leader_a: User
 
 
 def make_street(session: Session, runtime: Runtime, clock: FixedClock) -> Street:
@@ -110,6 +111,7 @@ def make_street(session: Session, runtime: Runtime, clock: FixedClock) -> Street
         grid_worker_b=person(session, runtime, "gridworker_b", Role.GRID_WORKER, grid_b),
         viewer_a=person(session, runtime, "viewer_a", Role.VIEWER, area.zone_a),
         leader_a=person(session, runtime, "leader_a", Role.STREET_LEADER, area.zone_a),
+        zone_leader_a=person(session, runtime, "zone_leader_a", Role.ZONE_LEADER, area.zone_a),
     )
     put_on_duty(session, street.responder_a, area.zone_a, now,
                 position=offset(A_LON, A_LAT, 120))

@@ -333,6 +333,32 @@ def test_the_whole_loop_runs_through_the_action_endpoints(
     assert [r["user_id"] for r in again["responders"]] == [street.responder_b.id]
 
 
+def test_a_zone_leader_supervises_checks_and_closes_their_own_zones_incidents_only(
+        client: TestClient, session: Session, street: Street, auth: Headers) -> None:
+    """片区长: supervision (督办) goes to the people on the incident, the check and the close are
+    theirs at the zone's tier, dispatching is the centre's, and another zone is out of sight."""
+    mine = _post(client, auth(street.dispatcher), garbage()).json()
+    theirs = _post(client, auth(street.dispatcher), garbage(B_LON, B_LAT)).json()
+    leader, responder = auth(street.zone_leader_a), auth(street.responder_a)
+
+    supervised = _act(client, leader, mine["id"], "supervise", reason="居民反映强烈，请加快")
+    assert supervised.status_code == 200, supervised.text
+    assert _act(client, leader, theirs["id"], "supervise", reason="越区").status_code == 404
+    assert _act(client, leader, mine["id"], "dispatch",
+                user_ids=[street.responder_a.id]).status_code == 403
+    for action, body in (("accept", {}), ("arrive", {"lon": A_LON, "lat": A_LAT}),
+                         ("handle", {"notes": "已清运"})):
+        assert _act(client, responder, mine["id"], action, **body).status_code == 200
+    assert _act(client, leader, mine["id"], "check").json()["state"] == "checked"
+    assert _act(client, leader, mine["id"], "close").json()["state"] == "closed"
+    audit = session.scalars(sa.select(AuditRow.actor).where(
+        AuditRow.object_type == "incident", AuditRow.object_id == str(mine["id"]),
+        AuditRow.action.in_([f"incident:transition:{a}"
+                             for a in ("supervise", "check", "close")]))).all()
+    session.rollback()
+    assert audit and set(audit) == {"zone_leader_a"}
+
+
 def test_the_exception_paths_run_through_the_action_endpoints(
         client: TestClient, session: Session, runtime: Runtime, street: Street,
         auth: Headers) -> None:

@@ -61,7 +61,7 @@ def _shown(client: TestClient, show: str = "unread") -> list[int]:
 
 def test_each_person_sees_the_notices_for_their_role_within_their_scope(
         client: TestClient, street: Street, notices: dict[str, Notice]) -> None:
-    sign_in(client, street.responder_a.username)
+    sign_in(client, street.zone_leader_a.username)
     page = client.get("/command/notices")
     assert _shown(client) == [notices["zone_a"].id]
     assert "催办督办通知" in page.text and "催办" in page.text
@@ -71,11 +71,15 @@ def test_each_person_sees_the_notices_for_their_role_within_their_scope(
     sign_in(client, street.dispatcher.username)
     assert _shown(client) == [notices["centre"].id]
 
+    client.cookies.clear()  # the zone team's responders: not the zone leader's notices
+    sign_in(client, street.responder_a.username)
+    assert _shown(client) == []
+
 
 def test_marking_one_read_keeps_who_and_when_and_touches_nothing_else(
         client: TestClient, session: Session, clock: FixedClock, street: Street,
         notices: dict[str, Notice]) -> None:
-    sign_in(client, street.responder_a.username)
+    sign_in(client, street.zone_leader_a.username)
     page = client.get("/command/notices")
     done = client.post("/command/notices/read", follow_redirects=False, data={
         "csrf_token": csrf_from(page.text), "notice_id": str(notices["zone_a"].id)})
@@ -83,19 +87,19 @@ def test_marking_one_read_keeps_who_and_when_and_touches_nothing_else(
     assert done.status_code == 303 and done.headers["location"].endswith("marked=1")
     assert _shown(client) == []
     everything = client.get("/command/notices?show=all").text
-    assert "responder_a 于" in everything and "已阅" in everything
+    assert "zone_leader_a 于" in everything and "已阅" in everything
     read = session.get(Notice, notices["zone_a"].id, populate_existing=True)
-    assert read is not None and read.read_by == "responder_a" and read.read_at == clock.now()
+    assert read is not None and read.read_by == "zone_leader_a" and read.read_at == clock.now()
     others = session.scalars(sa.select(Notice).where(Notice.id != notices["zone_a"].id)).all()
     assert all(n.read_at is None for n in others)
-    audit = session.scalars(sa.select(AuditRow).where(AuditRow.action == "notices.read")).all()
-    assert [(a.actor, a.object_id) for a in audit] == [("responder_a", str(notices["zone_a"].id))]
+    audit = session.scalars(sa.select(AuditRow).where(AuditRow.action == "notice:read")).all()
+    assert [(a.actor, a.object_id) for a in audit] == [("zone_leader_a", str(notices["zone_a"].id))]
 
 
 def test_a_notice_outside_ones_scope_cannot_be_marked_read(
         client: TestClient, session: Session, street: Street,
         notices: dict[str, Notice]) -> None:
-    sign_in(client, street.responder_a.username)
+    sign_in(client, street.zone_leader_a.username)
     page = client.get("/command/notices")
     done = client.post("/command/notices/read", follow_redirects=False, data={
         "csrf_token": csrf_from(page.text), "notice_id": str(notices["zone_b"].id)})
@@ -104,7 +108,7 @@ def test_a_notice_outside_ones_scope_cannot_be_marked_read(
     other = session.get(Notice, notices["zone_b"].id, populate_existing=True)
     assert other is not None and other.read_at is None
     assert session.scalar(sa.select(sa.func.count()).select_from(AuditRow)
-                          .where(AuditRow.action == "notices.read")) == 0
+                          .where(AuditRow.action == "notice:read")) == 0
 
 
 def test_mark_all_read_takes_only_ones_own_and_a_forged_form_changes_nothing(
@@ -128,7 +132,7 @@ def test_mark_all_read_takes_only_ones_own_and_a_forged_form_changes_nothing(
 
 def test_a_bad_notice_id_is_refused_in_the_users_language(
         client: TestClient, street: Street, notices: dict[str, Notice]) -> None:
-    sign_in(client, street.responder_a.username)
+    sign_in(client, street.zone_leader_a.username)
     page = client.get("/command/notices")
     refused = client.post("/command/notices/read", data={
         "csrf_token": csrf_from(page.text), "notice_id": "abc"})
@@ -139,7 +143,7 @@ def test_a_bad_notice_id_is_refused_in_the_users_language(
 
 def test_the_inbox_speaks_english_when_asked(
         client: TestClient, street: Street, notices: dict[str, Notice]) -> None:
-    sign_in(client, street.responder_a.username)
+    sign_in(client, street.zone_leader_a.username)
     page = client.get("/command/notices?show=unread&lang=en")
     assert "Reminders and supervision notices" in page.text
     assert "Mark read" in page.text

@@ -1730,7 +1730,7 @@ def mark_notices_read(*, session: Session, runtime: Runtime, actor: User,
         session.execute(update(Notice).where(Notice.id.in_(ids), Notice.read_at.is_(None))
                         .values(read_at=now, read_by=actor.username)
                         .execution_options(synchronize_session=False))
-        _audit(session, runtime, person, "notices.read", "notice",
+        _audit(session, runtime, person, "notice:read", "notice",
                ids[0] if len(ids) == 1 else "many", source_ip, {"notice_ids": ids})
     return len(ids)
 

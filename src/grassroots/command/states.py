@@ -110,6 +110,7 @@ UNIT_TIER: dict[UnitType, Tier] = {
 ROLE_TIER: dict[Role, Tier] = {
     Role.GRID_WORKER: Tier.GRID,
     Role.ZONE_RESPONDER: Tier.ZONE,
+    Role.ZONE_LEADER: Tier.ZONE,
     Role.DISPATCHER: Tier.STREET,
     Role.STREET_LEADER: Tier.STREET,
     Role.DISTRICT_DEPARTMENT: Tier.DISTRICT,
@@ -202,12 +203,12 @@ class Audience(enum.StrEnum):
     DISTRICT = "district"
 
 
-# The role a notice to each audience is addressed to. There is no zone-leader role yet, so a
-# zone leader's notice goes to the zone's responders, with the zone on the notice.
+# The role a notice to each audience is addressed to (within the incident's region: a zone
+# leader hears of their own zone's incidents only).
 AUDIENCE_ROLE: dict[Audience, Role] = {
     Audience.RESPONDER: Role.ZONE_RESPONDER,
     Audience.GRID: Role.GRID_WORKER,
-    Audience.ZONE_LEADER: Role.ZONE_RESPONDER,
+    Audience.ZONE_LEADER: Role.ZONE_LEADER,
     Audience.COMMAND_CENTRE: Role.DISPATCHER,
     Audience.STREET_LEADER: Role.STREET_LEADER,
     Audience.DISTRICT: Role.DISTRICT_DEPARTMENT,
@@ -373,7 +374,9 @@ _CENTRE = frozenset({Role.DISPATCHER, Role.STREET_LEADER})
 # People who act on an incident only once it is sent to them (actions._require_assigned).
 FIELD_RESPONDER_ROLES = _RESPONDERS
 _CHECKERS = frozenset({Role.DISPATCHER, Role.STREET_LEADER, Role.GRID_WORKER,
-                       Role.ZONE_RESPONDER, Role.DISTRICT_DEPARTMENT})
+                       Role.ZONE_RESPONDER, Role.ZONE_LEADER, Role.DISTRICT_DEPARTMENT})
+# Who may supervise (督办): the centre, and a zone's leader for the zone's incidents.
+_SUPERVISORS = _CENTRE | {Role.ZONE_LEADER}
 
 
 @dataclass(frozen=True)
@@ -425,7 +428,7 @@ TRANSITIONS: dict[Action, TransitionRule] = {rule.action: rule for rule in (
           S.SUSPENDED, _CENTRE, reason_required=True),
     _rule(Action.RESUME, {S.SUSPENDED}, None, _CENTRE, reason_required=True,
           restores_previous=True),
-    _rule(Action.SUPERVISE, OPEN_STATES, None, _CENTRE, reason_required=True),
+    _rule(Action.SUPERVISE, OPEN_STATES, None, _SUPERVISORS, reason_required=True),
     _rule(Action.REOPEN, {S.CLOSED}, S.REGISTERED, _CENTRE, reason_required=True),
     _rule(Action.ESCALATE, {S.REGISTERED, S.SENT_BACK, S.DISPATCHED, S.ACCEPTED, S.ON_SCENE},
           None, _CENTRE, reason_required=True, system=True),

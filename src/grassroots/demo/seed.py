@@ -42,6 +42,7 @@ DEMO_ACCOUNTS = (
     DemoAccount("auditadmin", "审计管理员", Role.AUDIT_ADMIN, None),
     DemoAccount("leader", "街道领导 李明", Role.STREET_LEADER, "street"),
     DemoAccount("dispatcher", "指挥中心调度员 王芳", Role.DISPATCHER, "street"),
+    DemoAccount("zoneleader", "片区长 黄敏", Role.ZONE_LEADER, "zone:1"),
     DemoAccount("responder", "片区值班队员 张伟", Role.ZONE_RESPONDER, "zone:1"),
     DemoAccount("gridworker", "网格员 刘洋", Role.GRID_WORKER, "grid:1"),
     DemoAccount("buildinghead", "楼栋长 陈静", Role.BUILDING_HEAD, "micro_grid:1"),

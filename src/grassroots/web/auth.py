@@ -62,6 +62,7 @@ HOME_PATH = "/regions"
 ROLE_HOME = {
     Role.DISPATCHER: "/command",
     Role.STREET_LEADER: "/command",
+    Role.ZONE_LEADER: "/command/notices",
     Role.ZONE_RESPONDER: "/field/mine",
     Role.GRID_WORKER: "/field",
     Role.BUILDING_HEAD: "/field",

@@ -11,6 +11,7 @@ class Role(enum.StrEnum):
     AUDIT_ADMIN = "audit_admin"
     STREET_LEADER = "street_leader"
     DISPATCHER = "dispatcher"
+    ZONE_LEADER = "zone_leader"
     ZONE_RESPONDER = "zone_responder"
     GRID_WORKER = "grid_worker"
     BUILDING_HEAD = "building_head"
@@ -63,6 +64,10 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
                                                 P.PERSONAL_DATA_UNMASK}),
     Role.DISPATCHER: frozenset(_READ_GOV | {P.INCIDENTS_REPORT, P.INCIDENTS_DISPATCH,
                                              P.INCIDENTS_SUPERVISE, P.PERSONAL_DATA_UNMASK}),
+    # A zone's leader (片区长): hears of the zone's missed limits, supervises, checks and closes
+    # at the zone's tier; the zone team's responders do the field work.
+    Role.ZONE_LEADER: frozenset(_READ_GOV | {P.INCIDENTS_REPORT, P.INCIDENTS_SUPERVISE,
+                                              P.PERSONAL_DATA_UNMASK}),
     Role.ZONE_RESPONDER: frozenset(_READ_GOV | {P.INCIDENTS_REPORT, P.INCIDENTS_HANDLE}),
     Role.GRID_WORKER: frozenset(_READ_GOV | {P.INCIDENTS_REPORT, P.INCIDENTS_HANDLE}),
     Role.BUILDING_HEAD: frozenset(_READ_GOV | {P.INCIDENTS_REPORT}),
