@@ -159,6 +159,9 @@ def test_a_missed_level_limit_reminds_then_supervises_then_passes_it_up_once(
 
 def test_the_levels_climb_to_the_district_and_stop_there(
         session: Session, runtime: Runtime, clock: FixedClock, area: Area) -> None:
+    leader = make_user(session, Role.ZONE_LEADER)
+    leader.scope_region_id = area.zone_a.id
+    session.commit()
     incident = report(session, runtime, area, category=PROPERTY).incident
     seen = []
     for _ in range(12):
@@ -265,3 +268,23 @@ def test_a_district_officer_takes_an_order_dispatched_to_them(
     other = make_user(session, Role.DISTRICT_DEPARTMENT)
     with pytest.raises(PermissionDenied):  # not sent to them
         actions.arrive(session=session, runtime=runtime, actor=other, incident_id=incident.id)
+
+
+def test_a_zone_with_no_leader_named_has_its_leaders_notices_go_to_its_responders(
+        session: Session, runtime: Runtime, clock: FixedClock, area: Area) -> None:
+    """A deployment from before the zone-leader role: the zone's step still reaches someone.
+    A leader of another zone does not count."""
+    other = make_user(session, Role.ZONE_LEADER)
+    other.scope_region_id = area.zone_b.id
+    session.commit()
+    incident = report(session, runtime, area, category=PROPERTY).incident
+    while _reload(session, incident).tier == Tier.GRID:  # the grid's limit, missed until it goes up
+        tier_clock = _open_tier_clock(session, incident)
+        assert tier_clock is not None
+        _past(clock, tier_clock.due_at)
+        _sweep(runtime)
+
+    escalated = session.scalars(sa.select(Notice).where(
+        Notice.incident_id == incident.id, Notice.level == NoticeLevel.ESCALATION)).all()
+    assert [(n.audience, n.to_role) for n in escalated] == [
+        (Audience.ZONE_LEADER, Role.ZONE_RESPONDER)]

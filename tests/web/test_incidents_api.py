@@ -130,6 +130,36 @@ def test_the_usual_report_is_taken_before_the_router_and_anything_else_goes_on_t
     assert _count(session, Incident) == 1
 
 
+def test_an_error_after_the_commit_is_not_retried_so_the_report_is_written_once(
+        app: FastAPI, session: Session, street: Street, auth: Headers,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the intake's own refusals are handed on to the route (they write nothing); an
+    error that may come after the COMMIT is answered 500, not taken again."""
+    writer = app.state.intake_writer
+    submit = writer.submit_async
+
+    async def commits_then_fails(call: Any) -> Any:
+        await submit(call)
+        raise RuntimeError("connection lost after COMMIT")
+
+    monkeypatch.setattr(writer, "submit_async", commits_then_fails)
+    client = TestClient(app, raise_server_exceptions=False)
+
+    answer = _post(client, auth(street.dispatcher), garbage())  # no Idempotency-Key
+
+    assert answer.status_code == 500
+    assert _count(session, Incident) == 1
+
+
+def test_a_body_nested_too_deep_to_read_is_refused_like_any_bad_body(
+        client: TestClient, session: Session, street: Street, auth: Headers) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    refused = client.post("/api/v1/incidents", content=deep,
+                          headers=auth(street.dispatcher) | {"Content-Type": "application/json"})
+    assert refused.status_code in (400, 422), refused.text
+    assert _count(session, Incident) == 0
+
+
 def test_the_fast_path_answers_a_report_exactly_as_the_route_does(
         client: TestClient, session: Session, street: Street, auth: Headers) -> None:
     """The same report, taken before the router and then (after starting over) by the route

@@ -4,6 +4,7 @@ the page's own forms, the data scope, CSRF and the audit row."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -111,23 +112,30 @@ def test_a_notice_outside_ones_scope_cannot_be_marked_read(
                           .where(AuditRow.action == "notice:read")) == 0
 
 
-def test_mark_all_read_takes_only_ones_own_and_a_forged_form_changes_nothing(
-        client: TestClient, session: Session, street: Street,
+def test_mark_all_read_takes_what_the_page_showed_and_a_forged_form_changes_nothing(
+        client: TestClient, session: Session, clock: FixedClock, street: Street,
         notices: dict[str, Notice]) -> None:
     sign_in(client, street.dispatcher.username)
     page = client.get("/command/notices")
     forged = client.post("/command/notices/read", data={"csrf_token": "forged"})
     assert forged.status_code == 403
     assert _shown(client) == [notices["centre"].id]
+    incident = session.get(Incident, notices["centre"].incident_id)
+    assert incident is not None
+    clock.advance(timedelta(minutes=1))
+    late = _notify(session, clock, incident, Audience.COMMAND_CENTRE)  # came after the page
 
-    done = client.post("/command/notices/read", follow_redirects=False,
-                       data={"csrf_token": csrf_from(page.text)})
+    done = client.post("/command/notices/read", follow_redirects=False, data={
+        "csrf_token": csrf_from(page.text), "notice_id": NOTICE_IDS.findall(page.text)})
 
     assert done.headers["location"].endswith("marked=1")
-    assert _shown(client) == []
-    assert "没有未读通知" in client.get("/command/notices").text
+    assert _shown(client) == [late.id]  # not acknowledged unseen
     unread = session.scalars(sa.select(Notice.id).where(Notice.read_at.is_(None))).all()
-    assert sorted(unread) == sorted([notices["zone_a"].id, notices["zone_b"].id])
+    assert sorted(unread) == sorted([notices["zone_a"].id, notices["zone_b"].id, late.id])
+    again = client.get("/command/notices")
+    client.post("/command/notices/read", data={
+        "csrf_token": csrf_from(again.text), "notice_id": NOTICE_IDS.findall(again.text)})
+    assert "没有未读通知" in client.get("/command/notices").text
 
 
 def test_a_bad_notice_id_is_refused_in_the_users_language(

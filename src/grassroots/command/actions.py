@@ -1692,6 +1692,17 @@ def reopen(*, session: Session, runtime: Runtime, actor: Actor, incident_id: int
 # --- notices (also used by the sweeper) --------------------------------------------------------
 
 
+def _audience_role(session: Session, incident: Incident, audience: Audience) -> Role:
+    """The role a notice to the audience goes to. A zone with no zone leader named yet (say,
+    a deployment from before the role) has its notices go to its responders, as before,
+    rather than to no one."""
+    role = AUDIENCE_ROLE[audience]
+    if audience == Audience.ZONE_LEADER and not queries.has_role_over(
+            session=session, role=role, region_path=incident.region_path):
+        return Role.ZONE_RESPONDER
+    return role
+
+
 def notify(*, session: Session, incident: Incident, deadline_id: int | None, level: NoticeLevel,
            audience: Audience, message_id: str, params: Mapping[str, Any], at: datetime,
            responder_roles: frozenset[ResponseRole] = FIELD_ROLES) -> list[Notice]:
@@ -1701,7 +1712,7 @@ def notify(*, session: Session, incident: Incident, deadline_id: int | None, lev
         if audience == Audience.RESPONDER else []
     text = json.dumps(dict(params), ensure_ascii=False, sort_keys=True, default=str)
     targets: list[tuple[Role | None, int | None]] = [(None, u) for u in users] or [
-        (AUDIENCE_ROLE[audience], None)]
+        (_audience_role(session, incident, audience), None)]
     notices = [Notice(incident_id=incident.id, deadline_id=deadline_id, level=level,
                       audience=audience, to_role=role, to_user_id=user_id,
                       zone_id=incident.zone_id, message_id=message_id, params=text, at=at)
@@ -1711,27 +1722,27 @@ def notify(*, session: Session, incident: Incident, deadline_id: int | None, lev
 
 
 def mark_notices_read(*, session: Session, runtime: Runtime, actor: User,
-                      notice_ids: Sequence[int] | None, source_ip: str | None = None) -> int:
-    """Mark notices read (已阅): these ids, or every unread one when notice_ids is None. Only
-    notices the actor may see are touched (queries.notices_for); the others are left as they
-    are, as if not there. How many were marked; nothing is written when none were."""
+                      notice_ids: Sequence[int], source_ip: str | None = None) -> int:
+    """Mark these notices read (已阅). Only unread notices the actor may see are touched
+    (queries.notices_for); the others are left as they are, as if not there. How many were
+    marked; nothing is written when none were. (The page's "mark all" sends the ids it showed:
+    a notice that came in since, or one beyond the page, is not acknowledged unseen.)"""
     person = cast(Actor, actor)
     _require(person, Permission.INCIDENTS_READ)
+    if not notice_ids:
+        return 0
     with _atomic(session):
-        now = runtime.clock.now()
-        wanted = select(Notice.id).where(
-            Notice.id.in_(queries.notice_ids_for(session=session, user=actor)),
-            Notice.read_at.is_(None))
-        if notice_ids is not None:
-            wanted = wanted.where(Notice.id.in_(sorted(set(notice_ids))))
-        ids = list(session.scalars(wanted))
-        if not ids:
-            return 0
-        session.execute(update(Notice).where(Notice.id.in_(ids), Notice.read_at.is_(None))
-                        .values(read_at=now, read_by=actor.username)
-                        .execution_options(synchronize_session=False))
-        _audit(session, runtime, person, "notice:read", "notice",
-               ids[0] if len(ids) == 1 else "many", source_ip, {"notice_ids": ids})
+        marked = session.scalars(
+            update(Notice)
+            .where(Notice.id.in_(sorted(set(notice_ids))), Notice.read_at.is_(None),
+                   Notice.id.in_(queries.notice_ids_for(session=session, user=actor)))
+            .values(read_at=runtime.clock.now(), read_by=actor.username)
+            .returning(Notice.id)
+            .execution_options(synchronize_session=False))
+        ids = sorted(marked)
+        if ids:
+            _audit(session, runtime, person, "notice:read", "notice",
+                   ids[0] if len(ids) == 1 else "many", source_ip, {"notice_ids": ids})
     return len(ids)
 
 

@@ -10,10 +10,11 @@ report the intake creates. It uses the route's own helpers (report_entry, create
 answer_from_database), so the report is taken and answered exactly as the route would.
 
 Everything else — another path or method, a session cookie, a query string, a body the
-model refuses, a missing permission, a 110 hand-over, a retry of a key already on file, any
-error — goes on to the route untouched, with the body it read replayed: errors and the rare
-cases keep one implementation. Nothing is written before such a hand-over (a refused or
-retried report writes nothing), so the route taking it afresh is safe.
+model refuses, a missing permission, a 110 hand-over, a retry of a key already on file, a
+report the intake refuses — goes on to the route untouched, with the body it read replayed:
+errors and the rare cases keep one implementation. Nothing is written before such a hand-over
+(a refused or retried report writes nothing), so the route taking it afresh is safe. Any other
+error is raised, as from the route, and never retried here.
 """
 
 from __future__ import annotations
@@ -100,8 +101,10 @@ async def _take(request: Request, runtime: Runtime, body: bytes,
     writer = cast(IntakeWriter, request.app.state.intake_writer)
     try:
         result = await writer.submit_async(call)
-    except Exception:  # refused, so nothing written: the route takes it again and answers
+    except GrassrootsError:  # refused, so nothing written: the route takes it again and answers
         return None
+    # Anything else (the database gone, the app shutting down) is raised as the route would:
+    # it may have come after a COMMIT, and taking the report again could write it twice.
     if not result.created:  # a retry: the route answers it with 200
         return None
     language = language_of(request)
@@ -119,7 +122,7 @@ def _report(request: Request, body: bytes) -> IncidentIn | None:
         return None
     try:
         return IncidentIn.model_validate(json.loads(body))
-    except (ValueError, ValidationError):  # JSONDecodeError is a ValueError
+    except (ValueError, ValidationError, RecursionError):  # the route answers each of them
         return None
 
 

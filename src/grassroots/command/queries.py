@@ -67,7 +67,7 @@ from grassroots.command.states import (
     normalize_phone,
 )
 from grassroots.kernel.auth.models import User
-from grassroots.kernel.auth.roles import Permission, has_permission
+from grassroots.kernel.auth.roles import Permission, Role, has_permission
 from grassroots.kernel.auth.scope import path_in_scope, scope_clause, scope_path
 from grassroots.kernel.clock import to_display
 from grassroots.kernel.crypto import CryptoProvider
@@ -226,6 +226,15 @@ def notices_for(*, session: Session, user: User, unread_only: bool = True,
     if unread_only:
         stmt = stmt.where(Notice.read_at.is_(None))
     return list(session.scalars(stmt.order_by(Notice.at.desc(), Notice.id.desc()).limit(limit)))
+
+
+def has_role_over(*, session: Session, role: Role, region_path: str) -> bool:
+    """Whether an active user with this role has a data scope that holds the region."""
+    scopes = session.execute(
+        select(Region.path).select_from(User)
+        .outerjoin(Region, Region.id == User.scope_region_id)
+        .where(User.role == role, User.is_active.is_(True))).scalars().all()
+    return any(path_in_scope(scope, region_path) for scope in scopes)
 
 
 def notice_ids_for(*, session: Session, user: User) -> Select[tuple[int]]:

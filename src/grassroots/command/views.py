@@ -510,13 +510,15 @@ NOTICES_SHOWN = 200
 
 @router.post("/command/notices/read")
 def mark_notices_read(request: Request, user: Reader, session: SessionDep, runtime: RuntimeDep,
-                      ip: ClientIp, notice_id: Annotated[str, Form(max_length=20)] = "",
+                      ip: ClientIp,
+                      notice_id: Annotated[list[str] | None, Form(max_length=12)] = None,
                       show: Annotated[str, Form(pattern="^(unread|all)$")] = "unread"
                       ) -> Response:
-    """已阅: one notice (notice_id), or every unread one (no notice_id); back to the list."""
-    one = _optional_int(notice_id, "notice_id")
+    """已阅: the notices named (one, or every one the page showed); back to the list."""
+    wanted = [_optional_int(value, "notice_id") for value in notice_id or []]
     count = actions.mark_notices_read(session=session, runtime=runtime, actor=user,
-                                      notice_ids=None if one is None else [one], source_ip=ip)
+                                      notice_ids=[n for n in wanted if n is not None],
+                                      source_ip=ip)
     return RedirectResponse(f"/command/notices?show={show}&marked={count}", status_code=303)
 
 
