@@ -49,6 +49,7 @@ from grassroots.command.states import (
     FIELD_ROLES,
     OPEN_STATES,
     POSITION_STALE_AFTER,
+    TERMINAL_STATES,
     TRANSITIONS,
     Action,
     Channel,
@@ -339,7 +340,8 @@ def _box_arrays(arms: Sequence[tuple[DuplicateProbe, _Box]]) -> dict[str, list[A
     return {name: list(values) for name, values in zip(_BOX_FIELDS, columns, strict=True)}
 
 
-_ENDED = [IncidentState.CLOSED, IncidentState.VOIDED]
+# Sorted, so the statement's text is the same in every process.
+_ENDED = sorted(TERMINAL_STATES)
 
 
 @functools.cache

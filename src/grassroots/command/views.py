@@ -487,12 +487,15 @@ async def entry_submit(request: Request, user: Dispatcher, session: SessionDep,
                                    language, ip, values)
 
 
-# --- the roster ------------------------------------------------------------------------------
+# --- notices -----------------------------------------------------------------------------------
+
+NOTICES_SHOWN = 200
+_SHOW = "^(unread|all)$"  # which notices the inbox lists
 
 
 @router.get("/command/notices", response_class=HTMLResponse)
 def notices_page(request: Request, user: Reader, session: SessionDep, language: LanguageDep,
-                 show: Annotated[str, Query(pattern="^(unread|all)$")] = "unread",
+                 show: Annotated[str, Query(pattern=_SHOW)] = "unread",
                  marked: Annotated[int | None, Query(ge=0)] = None) -> Response:
     """The user's warnings, reminders and supervision notices (催办/督办), newest first: those
     addressed to them by name, and to their role within their data scope."""
@@ -505,14 +508,11 @@ def notices_page(request: Request, user: Reader, session: SessionDep, language: 
                   notice_text=lambda n: notice_text(n, language))
 
 
-NOTICES_SHOWN = 200
-
-
 @router.post("/command/notices/read")
 def mark_notices_read(request: Request, user: Reader, session: SessionDep, runtime: RuntimeDep,
                       ip: ClientIp,
                       notice_id: Annotated[list[str] | None, Form(max_length=12)] = None,
-                      show: Annotated[str, Form(pattern="^(unread|all)$")] = "unread"
+                      show: Annotated[str, Form(pattern=_SHOW)] = "unread"
                       ) -> Response:
     """已阅: the notices named (one, or every one the page showed); back to the list."""
     wanted = [_optional_int(value, "notice_id") for value in notice_id or []]
@@ -520,6 +520,9 @@ def mark_notices_read(request: Request, user: Reader, session: SessionDep, runti
                                       notice_ids=[n for n in wanted if n is not None],
                                       source_ip=ip)
     return RedirectResponse(f"/command/notices?show={show}&marked={count}", status_code=303)
+
+
+# --- the roster ------------------------------------------------------------------------------
 
 
 @router.get("/command/duty", response_class=HTMLResponse)
